@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One-time set-up of a fresh Debian/Ubuntu machine for canary-chat: system packages,
+# the project's virtualenv with every pinned Python dependency. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# System packages: Python venv support, the real components the stack and the tests use.
+APT_PACKAGES=(python3 python3-venv python3-pip redis-server haproxy chromium git make curl procps)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+# Debian's packages may start redis/haproxy through init scripts; the stack and the tests
+# run their own supervised copies, so the distribution's are stopped.
+for svc in redis-server haproxy; do
+  if command -v service >/dev/null 2>&1; then $SUDO service "$svc" stop >/dev/null 2>&1 || true; fi
+done
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+.venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+echo "setup: ok ($(.venv/bin/python --version), $(.venv/bin/ansible --version | head -1))"

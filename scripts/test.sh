@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Everything CI runs, in order. `scripts/test.sh lint` runs only the static checks.
+# Each test suite starts the real services it needs itself (redis-server, moto server,
+# HAProxy, chat processes, Chromium) on 127.0.0.1 and stops them afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+export ANSIBLE_CONFIG="$PWD/ansible.cfg"
+
+lint() {
+  echo "== ruff"; ruff check chat plugins tests bench
+  echo "== mypy"; mypy chat plugins
+  echo "== ansible-lint (production profile)"; ansible-lint --profile production --offline
+  echo "== ansible-test sanity"; bash scripts/sanity.sh
+}
+
+if [ "${1:-}" = "lint" ]; then lint; exit 0; fi
+
+lint
+echo "== pytest"
+python -m pytest -p no:cacheprovider "$@"
