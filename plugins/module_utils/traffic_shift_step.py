@@ -1,0 +1,176 @@
+# -*- coding: utf-8 -*-
+# Copyright: canary-chat developers
+# Apache License 2.0 (see galaxy.yml)
+"""One canary step, independent of the load balancer: pre-check, apply, verify, bake,
+restore on a breach. The driver (haproxy or elbv2) only reads and writes weights and
+takes gate readings; clocks are injectable so unit tests can drive a step with a fake
+driver.
+
+A driver provides:
+    read_weights() -> {"blue": int, "green": int}
+    apply_weights(weights) -> None
+    health_readings(color, thresholds) -> [reading]       (gate "healthy")
+    start_bake(step_start_epoch) -> None                   (baselines for deltas)
+    bake_readings(color, thresholds) -> [reading]          (error rate, p95, alarms)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_core import (
+    breach_message,
+    first_breach,
+    gaining_color,
+    watched_color,
+    weights_match,
+)
+
+
+class StepFailed(Exception):
+    """The step failed; `result` is what the module returns with its failure."""
+
+    def __init__(self, msg, result):
+        super(StepFailed, self).__init__(msg)
+        self.msg = msg
+        self.result = result
+
+
+class Clock(object):
+    """Wall clock for timestamps, monotonic clock for durations, sleep for polling."""
+
+    def __init__(self, wall=time.time, monotonic=time.monotonic, sleep=time.sleep):
+        self.wall = wall
+        self.monotonic = monotonic
+        self.sleep = sleep
+
+
+def _round(seconds):
+    return round(seconds, 3)
+
+
+def wait_for_weights(driver, wanted, timeout, clock, interval=0.2):
+    """Read the weights back until they match `wanted`; returns the last read."""
+    deadline = clock.monotonic() + timeout
+    while True:
+        actual = driver.read_weights()
+        if weights_match(actual, wanted) or clock.monotonic() >= deadline:
+            return actual
+        clock.sleep(interval)
+
+
+def run_step(driver, target, thresholds, bake_seconds=0, poll_interval=5.0,
+             auto_rollback=True, verify=True, verify_timeout=30.0, rollback=False,
+             check_mode=False, clock=None):
+    """Move the weights to `target` ({"blue": b, "green": g}) under the gates.
+
+    Returns the module result; raises StepFailed (with the result) on a refused
+    pre-check, a weight that does not read back, or a gate breach during the bake.
+    `rollback=True` moves the weights with neither pre-check nor bake: a failing gate
+    never blocks a rollback.
+    """
+    clock = clock or Clock()
+    t_start = clock.monotonic()
+    timings = {"apply_seconds": 0.0, "verify_seconds": 0.0, "bake_seconds": 0.0,
+               "total_seconds": 0.0}
+    gates: list[dict[str, Any]] = []
+    before = driver.read_weights()
+    result: dict[str, Any] = {
+        "changed": not weights_match(before, target),
+        "weights_before": dict(before),
+        "weights_after": dict(target),
+        "gates": gates,
+        "timings": timings,
+        "rolled_back": False,
+    }
+
+    def finish():
+        timings["total_seconds"] = _round(clock.monotonic() - t_start)
+        return result
+
+    def restore(reason):
+        """Put the previous weights back (auto_rollback) and fail with `reason`."""
+        result["weights_after"] = dict(driver.read_weights())
+        if auto_rollback:
+            driver.apply_weights(before)
+            result["weights_after"] = dict(wait_for_weights(driver, before, verify_timeout,
+                                                            clock))
+            result["rolled_back"] = True
+            result["changed"] = not weights_match(result["weights_after"], before)
+            reason += "; previous weights restored (blue %s / green %s)" % (
+                before.get("blue"), before.get("green"))
+        else:
+            reason += "; auto_rollback is off, weights left at blue %s / green %s" % (
+                result["weights_after"].get("blue"), result["weights_after"].get("green"))
+        finish()
+        raise StepFailed(reason, result)
+
+    if not result["changed"]:
+        result["msg"] = "weights already blue %s / green %s" % (before["blue"], before["green"])
+        return finish()
+
+    gain = gaining_color(before, target)
+    if not rollback and gain is not None:
+        readings = driver.health_readings(gain, thresholds)
+        gates.extend(readings)
+        breach = first_breach(readings)
+        if breach is not None:
+            result["changed"] = False
+            result["weights_after"] = dict(before)
+            result["breach"] = breach
+            finish()
+            raise StepFailed("pre-check refused the step: " + breach_message(breach), result)
+
+    if check_mode:
+        result["msg"] = "would move weights from blue %s / green %s to blue %s / green %s" % (
+            before["blue"], before["green"], target["blue"], target["green"])
+        return finish()
+
+    if not rollback:
+        driver.start_bake(clock.wall())
+
+    t = clock.monotonic()
+    driver.apply_weights(target)
+    timings["apply_seconds"] = _round(clock.monotonic() - t)
+
+    if verify:
+        t = clock.monotonic()
+        actual = wait_for_weights(driver, target, verify_timeout, clock)
+        timings["verify_seconds"] = _round(clock.monotonic() - t)
+        if not weights_match(actual, target):
+            result["weights_after"] = dict(actual)
+            restore("weights did not read back within %ss: wanted blue %s / green %s, "
+                    "read blue %s / green %s" % (verify_timeout, target["blue"],
+                                                 target["green"], actual.get("blue"),
+                                                 actual.get("green")))
+
+    if rollback:
+        result["msg"] = "rolled to blue %s / green %s without gates" % (
+            target["blue"], target["green"])
+        return finish()
+
+    color = watched_color(target)
+    t = clock.monotonic()
+    deadline = t + max(0.0, float(bake_seconds))
+    while True:
+        try:
+            readings = driver.health_readings(color, thresholds)
+            readings += driver.bake_readings(color, thresholds)
+        except Exception as e:  # a gate that cannot be read at all: back out, then fail
+            timings["bake_seconds"] = _round(clock.monotonic() - t)
+            restore("reading the gates failed: %s" % (e,))
+        gates.extend(readings)
+        breach = first_breach(readings)
+        if breach is not None:
+            timings["bake_seconds"] = _round(clock.monotonic() - t)
+            result["breach"] = breach
+            restore(breach_message(breach))
+        now = clock.monotonic()
+        if now >= deadline:
+            break
+        clock.sleep(min(float(poll_interval), deadline - now))
+    timings["bake_seconds"] = _round(clock.monotonic() - t)
+    result["msg"] = "moved to blue %s / green %s; gates passed for %ss" % (
+        target["blue"], target["green"], bake_seconds)
+    return finish()
