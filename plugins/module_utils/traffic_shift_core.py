@@ -413,8 +413,8 @@ def load_balancer_dimension(lb_or_listener_arn):
     """CloudWatch `LoadBalancer` dimension value (app/<name>/<id>) from the load balancer's
     ARN or one of its listeners' ARNs."""
     resource = arn_resource(lb_or_listener_arn)
-    kind, _, rest = resource.partition("/")
-    parts = rest.split("/")
+    parts = resource.split("/")
+    kind, parts = parts[0], parts[1:]
     if kind not in ("loadbalancer", "listener") or len(parts) < 3:
         raise ValueError("not a load balancer or listener ARN: %r" % (lb_or_listener_arn,))
     return "/".join(parts[:3])

@@ -44,7 +44,7 @@ class RuntimeAPI(object):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             target = self.address
         else:
-            host, _, port = self.address.rpartition(":")
+            host, port = self.address.rsplit(":", 1)
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             target = (host.strip("[]") or "127.0.0.1", int(port))
         sock.settimeout(self.timeout)
@@ -144,7 +144,7 @@ class HAProxyDriver(object):
         rows = self._stat_rows()
         for color in ("blue", "green"):
             self._stat_base[color] = dict(self._server_row(rows, color))
-            counters, _ = self._scrape(color)
+            counters = self._scrape(color)[0]
             if counters is not None:
                 self._metrics_base[color] = counters
 

@@ -34,7 +34,7 @@ description:
   - O(rollback=true) moves the weights at once, with neither pre-check nor bake, because
     a failing gate must never block a rollback.
 author:
-  - canary-chat developers
+  - canary-chat developers (@canary-chat)
 options:
   driver:
     description: Which load balancer holds the weights.
