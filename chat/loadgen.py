@@ -620,8 +620,7 @@ class LoadGen:
             # a poll: completeness is a computation over all users, not one event
             while time.monotonic() < deadline and not self._complete():  # noqa: ASYNC110
                 await asyncio.sleep(0.25)
-            held = self._held()
-            report = self.report(held)
+            held, live = self._held(), self._live()
         finally:
             self.closing = True
             self.closing_event.set()
@@ -630,7 +629,7 @@ class LoadGen:
             await asyncio.gather(*senders, return_exceptions=True)
             await asyncio.gather(*conn_tasks, return_exceptions=True)
             await asyncio.gather(*(self._close(u) for u in self.users), return_exceptions=True)
-        return report
+        return self.report(held, live)
 
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -654,13 +653,19 @@ class LoadGen:
             with contextlib.suppress(Exception):
                 await c.reader
 
-    def report(self, held: list[UserTrack] | None = None) -> dict[str, Any]:
-        st = self.stats
-        held = self._held() if held is None else held
+    def _live(self) -> Counter[str]:
         live: Counter[str] = Counter()
         for u in self.users:
             if u.conn is not None and not u.conn.closed.is_set():
                 live[u.conn.color] += 1
+        return live
+
+    def report(self, held: list[UserTrack] | None = None,
+               live: Counter[str] | None = None) -> dict[str, Any]:
+        """The report; ``held``/``live`` as of the end of sending (default: now)."""
+        st = self.stats
+        held = self._held() if held is None else held
+        live = self._live() if live is None else live
         totals = account(held, self.acked)
         lat = self.latency.summary()
         ack = self.ack_latency.summary()

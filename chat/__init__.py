@@ -1,0 +1,1 @@
+"""canary-chat: the Sanic WebSocket chat service (see docs/protocol.md)."""

@@ -1,0 +1,554 @@
+"""The HTTP and WebSocket surface: `create_app(config)` builds the Sanic app.
+
+Listeners own the lifecycle: Redis and DynamoDB clients start in before_server_start;
+a SIGTERM drains (migrate, then 1012) in before_server_stop, before Sanic's own shutdown
+would close every WebSocket with 1001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import itertools
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse, file, text
+from sanic.response import json as json_response
+from websockets.exceptions import ConnectionClosed
+
+from . import protocol
+from .bus import BusErrors, RoomBus
+from .config import Config
+from .metrics import Metrics
+from .protocol import ErrorCode, ProtocolError
+from .rooms import Client, Rooms
+from .stats import BoardStats, aggregate
+from .store import MessageStore, StoreUnavailable
+
+log = logging.getLogger("chat")
+_app_ids = itertools.count(1)
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+        "form-action 'self'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+class TokenBucket:
+    """`rate` frames per second sustained, `burst` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens = float(burst)
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class Drainer:
+    """Turns the instance not-ready and moves its clients away (migrate, then 1012)."""
+
+    def __init__(self, config: Config, rooms: Rooms, metrics: Metrics) -> None:
+        self.config, self.rooms, self.metrics = config, rooms, metrics
+        self.draining = False
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self, reason: str) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        self.metrics.draining.set(1)
+        log.info("drain_start", extra={"event": "drain_start", "reason": reason,
+                                       "clients": len(self.rooms.clients()),
+                                       "window_s": self.config.drain_seconds})
+        self.task = asyncio.create_task(self._run(), name="drain")
+
+    def stop(self) -> None:
+        if not self.draining:
+            return
+        self.draining = False
+        self.metrics.draining.set(0)
+        if self.task:
+            self.task.cancel()
+        log.info("drain_cancelled", extra={"event": "undrain"})
+
+    async def wait(self) -> None:
+        if self.task:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _run(self) -> None:
+        window = max(0.0, self.config.drain_seconds)
+        start = time.monotonic()
+        clients = self.rooms.clients()
+        # Migrate spread with jitter over the first 80% of the window; the rest is for
+        # the clients' new connections to settle before the 1012s.
+        plan = sorted((random.uniform(0, window * 0.8), i) for i in range(len(clients)))
+        for at, i in plan:
+            delay = start + at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            client = clients[i]
+            if not client.closed and not client.migrated:
+                client.migrated = True
+                client.offer(protocol.MIGRATE_FRAME)
+        while time.monotonic() - start < window and self.rooms.clients():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # clients leave on their own; poll cheaply
+        rest = self.rooms.clients()
+        for client in rest:
+            if not client.migrated:
+                client.migrated = True
+                client.offer(protocol.MIGRATE_FRAME)
+        await asyncio.gather(*(c.close(protocol.CLOSE_GOING_AWAY, "service restart")
+                               for c in rest), return_exceptions=True)
+        log.info("drain_done", extra={"event": "drain_done", "closed_1012": len(rest),
+                                      "seconds": round(time.monotonic() - start, 2)})
+
+
+def _origin_allowed(config: Config, request: Request) -> bool:
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True  # not a browser; browsers always send Origin on WebSocket requests
+    if "*" in config.allowed_origins or origin.rstrip("/") in config.allowed_origins:
+        return True
+    return urlsplit(origin).netloc.lower() == (request.headers.get("host") or "").lower()
+
+
+def _problem(status: int, message: str, **extra: Any) -> HTTPResponse:
+    return json_response({"error": message, **extra}, status=status)
+
+
+def create_app(config: Config) -> Sanic:
+    app = Sanic(f"canary_chat_{next(_app_ids)}", configure_logging=False)
+    app.config.update(
+        WEBSOCKET_MAX_SIZE=protocol.MAX_FRAME,
+        WEBSOCKET_PING_INTERVAL=config.ping_interval,
+        WEBSOCKET_PING_TIMEOUT=20,
+        REQUEST_MAX_SIZE=64 * 1024,
+        KEEP_ALIVE_TIMEOUT=75,  # above the ALB's 60 s idle timeout
+        GRACEFUL_SHUTDOWN_TIMEOUT=3,
+        FALLBACK_ERROR_FORMAT="json",
+    )
+    metrics = Metrics(config.color, config.version)
+    store = MessageStore(config)
+    board = BoardStats()
+    app.ctx.config = config
+    app.ctx.metrics = metrics
+    app.ctx.store = store
+    app.ctx.board = board
+
+    async def presence(room: str) -> dict[str, int]:
+        return await app.ctx.bus.presence(room)
+
+    rooms = Rooms(config, store, metrics, presence)
+    drainer = Drainer(config, rooms, metrics)
+    app.ctx.rooms = rooms
+    app.ctx.drainer = drainer
+
+    def on_control(cmd: dict[str, Any]) -> None:
+        if cmd.get("color") != config.color:
+            return
+        if cmd.get("cmd") == "drain":
+            drainer.start("admin")
+        elif cmd.get("cmd") == "undrain":
+            drainer.stop()
+
+    async def on_reconnect() -> None:
+        await rooms.catch_up_all()
+
+    bus = RoomBus(config, on_message=rooms.on_bus_message, on_presence=rooms.on_presence,
+                  on_control=on_control, on_reconnect=on_reconnect)
+    app.ctx.bus = bus
+    background: list[asyncio.Task[None]] = []
+
+    async def stats_loop() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            snap = {"instance": config.instance_id, "color": config.color,
+                    "version": config.version, "connections": int(metrics.connections.value),
+                    "draining": drainer.draining, **board.snapshot()}
+            with contextlib.suppress(*BusErrors):
+                await bus.write_stats(snap)
+            if not bus.connected.is_set():
+                # Redis is down: poll the store so messages from other instances still
+                # arrive (delayed, never lost).
+                await rooms.catch_up_all()
+
+    @app.before_server_start
+    async def _start(app: Sanic) -> None:
+        await store.start()
+        await bus.start()
+        background.append(asyncio.create_task(stats_loop(), name="stats"))
+        log.info("server_start", extra={"event": "server_start", "host": config.host,
+                                         "port": config.port})
+
+    @app.before_server_stop
+    async def _drain_on_stop(app: Sanic) -> None:
+        drainer.start("shutdown")
+        await drainer.wait()
+
+    @app.after_server_stop
+    async def _stop(app: Sanic) -> None:
+        for t in background:
+            t.cancel()
+        await bus.close()
+        await store.close()
+        log.info("server_stop", extra={"event": "server_stop"})
+
+    # --- middleware ---
+
+    @app.on_request
+    async def _gate(request: Request) -> HTTPResponse | None:
+        request.ctx.join = None
+        if request.path == "/ws":
+            try:
+                request.ctx.join = protocol.parse_join_query(
+                    {k: request.args.getlist(k) for k in request.args})
+            except ValueError as e:
+                return _problem(400, str(e))
+            if not _origin_allowed(config, request):
+                return _problem(403, "origin not allowed")
+            if drainer.draining:
+                return _problem(503, "draining", reason="draining")
+            return None
+        if (config.fault_rate and request.method == "GET" and request.path.startswith("/api/")
+                and random.random() < config.fault_rate):
+            return _problem(500, "injected fault (CHAT_FAULT_RATE)")
+        return None
+
+    @app.on_response
+    async def _headers(request: Request, response: HTTPResponse) -> None:
+        for k, v in SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+        status = response.status
+        metrics.http.inc(f"{status // 100}xx")
+        board.request()
+        if status >= 500:
+            board.failure()
+            log.warning("http_5xx", extra={"event": "http_5xx", "path": request.path,
+                                           "status": status})
+
+    # --- plain HTTP ---
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> HTTPResponse:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> HTTPResponse:
+        if drainer.draining:
+            return json_response({"status": "unready", "reason": "draining"}, status=503)
+        try:
+            await bus.ping()
+        except BusErrors as e:
+            return json_response({"status": "unready", "reason": f"redis: {e}"}, status=503)
+        try:
+            await asyncio.wait_for(store.ping(), 3.0)
+        except (TimeoutError, StoreUnavailable) as e:
+            return json_response({"status": "unready", "reason": f"dynamodb: {e}"},
+                                 status=503)
+        return json_response({"status": "ready"})
+
+    @app.get("/version")
+    async def version(request: Request) -> HTTPResponse:
+        return json_response({"color": config.color, "version": config.version,
+                              "server": config.instance_id})
+
+    @app.get("/metrics")
+    async def metrics_view(request: Request) -> HTTPResponse:
+        return text(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/api/rooms/<room:str>/messages")
+    async def room_messages(request: Request, room: str) -> HTTPResponse:
+        if not protocol.valid_name(room):
+            return _problem(400, "room must be 1-32 letters, digits, spaces or _-.")
+        try:
+            since = protocol.parse_since(request.args.get("since"))
+            limit = protocol.parse_limit(request.args.get("limit"))
+        except ValueError as e:
+            return _problem(400, str(e))
+        try:
+            items = await store.query(room, since=since, limit=limit)
+        except StoreUnavailable:
+            return _problem(503, "storage unavailable")
+        from .store import item_to_message
+        messages = [m for m in (item_to_message(it) for it in items) if m is not None]
+        return json_response({"room": room, "messages": messages},
+                             headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/stats")
+    async def api_stats(request: Request) -> HTTPResponse:
+        try:
+            instances = await bus.read_stats()
+            weights, events = await bus.deploy_state()
+        except BusErrors:
+            return _problem(503, "redis unavailable")
+        return json_response({"ts": int(time.time() * 1000), "colors": aggregate(instances),
+                              "weights": weights, "events": events},
+                             headers={"Cache-Control": "no-store"})
+
+    # --- admin ---
+
+    def _admin_check(request: Request) -> HTTPResponse | None:
+        if not config.admin_token:
+            return _problem(404, "admin API disabled (CHAT_ADMIN_TOKEN unset)")
+        header = request.headers.get("authorization", "")
+        given = header[7:] if header[:7].lower() == "bearer " else ""
+        if not hmac.compare_digest(given.encode(), config.admin_token.encode()):
+            return json_response({"error": "unauthorized"}, status=401,
+                                 headers={"WWW-Authenticate": "Bearer"})
+        return None
+
+    def _body(request: Request) -> dict[str, Any] | None:
+        try:
+            body = json.loads(request.body or b"{}")
+        except ValueError:
+            return None
+        return body if isinstance(body, dict) else None
+
+    async def _color_command(request: Request, cmd: str) -> HTTPResponse:
+        denied = _admin_check(request)
+        if denied:
+            return denied
+        body = _body(request)
+        color = body.get("color") if body else None
+        if not isinstance(color, str) or not protocol.valid_color(color):
+            return _problem(400, 'body must be {"color": "<color>"}')
+        notified = 0
+        try:
+            notified = await bus.publish_control({"cmd": cmd, "color": color})
+        except BusErrors:
+            if color != config.color:
+                return _problem(503, "redis unavailable: cannot reach other instances")
+        if color == config.color:
+            on_control({"cmd": cmd, "color": color})
+        log.info("admin_" + cmd, extra={"event": "admin_" + cmd, "target": color,
+                                         "notified": notified})
+        return json_response({"ok": True, "cmd": cmd, "color": color, "notified": notified},
+                             status=202)
+
+    @app.post("/api/admin/drain")
+    async def admin_drain(request: Request) -> HTTPResponse:
+        return await _color_command(request, "drain")
+
+    @app.post("/api/admin/undrain")
+    async def admin_undrain(request: Request) -> HTTPResponse:
+        return await _color_command(request, "undrain")
+
+    @app.post("/api/admin/deploy-event")
+    async def admin_deploy_event(request: Request) -> HTTPResponse:
+        denied = _admin_check(request)
+        if denied:
+            return denied
+        body = _body(request)
+        if body is None or not isinstance(body.get("action"), str) \
+                or not 1 <= len(body["action"]) <= 32:
+            return _problem(400, 'body must be a JSON object with "action"')
+        weights = body.get("weights")
+        if weights is not None and not (isinstance(weights, dict) and all(
+                isinstance(k, str) and isinstance(v, int | float) for k, v in weights.items())):
+            return _problem(400, "weights must map colors to numbers")
+        event = {"ts": body.get("ts") if isinstance(body.get("ts"), int)
+                 else int(time.time() * 1000),
+                 "action": body["action"], "weights": weights, "ok": bool(body.get("ok", True)),
+                 "gates": body.get("gates") if isinstance(body.get("gates"), dict) else {},
+                 "message": str(body.get("message", ""))[:500],
+                 "source": str(body.get("source", "traffic_shift"))[:64]}
+        try:
+            await bus.record_deploy_event(event)
+        except BusErrors:
+            return _problem(503, "redis unavailable")
+        log.info("deploy_event", extra={"event": "deploy_event", "action": event["action"],
+                                        "weights": weights, "ok": event["ok"]})
+        return json_response({"ok": True, "event": event}, status=201)
+
+    # --- WebSocket ---
+
+    @app.websocket("/ws")
+    async def ws_handler(request: Request, ws: Any) -> None:
+        await serve_client(app, request, ws)
+
+    # --- static site ---
+
+    if config.static_dir:
+        site = Path(config.static_dir).resolve()
+
+        @app.get("/board")
+        async def board_page(request: Request) -> HTTPResponse:
+            return await file(site / "board.html", mime_type="text/html; charset=utf-8")
+
+        app.static("/", str(site), index="index.html", name="site")
+
+    return app
+
+
+async def serve_client(app: Sanic, request: Request, ws: Any) -> None:
+    """One WebSocket from handshake to close (see docs/protocol.md)."""
+    ctx = app.ctx
+    config: Config = ctx.config
+    metrics: Metrics = ctx.metrics
+    store: MessageStore = ctx.store
+    bus: RoomBus = ctx.bus
+    rooms: Rooms = ctx.rooms
+    join: protocol.JoinQuery = request.ctx.join
+    metrics.handshakes.inc()
+    metrics.connections.inc()
+    ctx.board.handshake()
+    client: Client | None = None
+    connection_id: str | None = None
+    live = False
+    try:
+        try:
+            user_id = await store.next_user_id()
+            latest = await store.latest_seq(join.room)
+        except StoreUnavailable as e:
+            log.warning("join_unavailable", extra={"event": "join_unavailable",
+                                                   "error": str(e)})
+            metrics.errors.inc(ErrorCode.UNAVAILABLE.value)
+            await ws.send(protocol.error_frame(ErrorCode.UNAVAILABLE, "storage unavailable"))
+            await ws.close(protocol.CLOSE_TRY_LATER, "storage unavailable")
+            return
+        client = Client(ws, user_id=user_id, name=join.name, room=join.room,
+                        queue_size=config.send_queue, metrics=metrics)
+        room = rooms.join(client)
+        client.start()
+        client.offer(protocol.welcome_frame(
+            user_id=user_id, name=join.name, room=join.room, color=config.color,
+            version=config.version, server=config.instance_id, seq=latest))
+        try:
+            await room.ensure_initialised()
+            history, last, more = await room.history(join.since)
+        except StoreUnavailable:
+            metrics.errors.inc(ErrorCode.UNAVAILABLE.value)
+            client.offer(protocol.error_frame(ErrorCode.UNAVAILABLE, "storage unavailable"))
+            await client.close(protocol.CLOSE_TRY_LATER, "storage unavailable")
+            return
+        client.offer(protocol.history_frame(history, more))
+        room.go_live(client, last)
+        live = True
+        log.info("ws_open", extra={"event": "ws_open", "user_id": user_id, "room": join.room,
+                                   "since": join.since, "history": len(history)})
+        await bus.presence_changed(join.room, +1)
+        client.offer(protocol.presence_frame(await bus.presence(join.room)))
+        try:
+            connection_id = await store.add_connection(
+                user_id=user_id, room=join.room, instance=config.instance_id,
+                color=config.color, version=config.version)
+        except StoreUnavailable as e:
+            log.warning("connection_record_failed", extra={"event": "connection_record_failed",
+                                                           "error": str(e)})
+        await _read_loop(app, ws, client)
+    except (ConnectionClosed, asyncio.CancelledError):
+        pass
+    finally:
+        metrics.connections.inc(-1)
+        if client is not None:
+            rooms.leave(client)
+            await client.stop()
+            log.info("ws_close", extra={"event": "ws_close", "user_id": client.user_id,
+                                        "room": client.room, "code": client.close_code,
+                                        "migrated": client.migrated})
+            cleanup = _cleanup(bus, store, client.room if live else None, connection_id)
+            task = asyncio.create_task(cleanup)
+            _pending_cleanups.add(task)
+            task.add_done_callback(_pending_cleanups.discard)
+
+
+_pending_cleanups: set[asyncio.Task[None]] = set()
+
+
+async def _cleanup(bus: RoomBus, store: MessageStore, room: str | None,
+                   connection_id: str | None) -> None:
+    if room is not None:
+        await bus.presence_changed(room, -1)
+    if connection_id is not None:
+        with contextlib.suppress(StoreUnavailable):
+            await store.remove_connection(connection_id)
+
+
+async def _read_loop(app: Sanic, ws: Any, client: Client) -> None:
+    config: Config = app.ctx.config
+    metrics: Metrics = app.ctx.metrics
+    bucket = TokenBucket(config.rate_per_s, config.rate_burst)
+
+    def error(code: ErrorCode, message: str) -> None:
+        metrics.errors.inc(code.value)
+        client.offer(protocol.error_frame(code, message))
+
+    while not client.closed:
+        data = await ws.recv()
+        if data is None:
+            break
+        if not bucket.take():
+            error(ErrorCode.RATE_LIMITED,
+                  f"more than {config.rate_per_s:g} frames/s (burst {config.rate_burst})")
+            continue
+        try:
+            frame = protocol.parse_client_frame(data)
+        except ProtocolError as e:
+            error(e.code, e.message)
+            continue
+        if isinstance(frame, protocol.PingFrame):
+            client.offer(protocol.PONG_FRAME)
+            continue
+        await _handle_send(app, client, frame, error)
+
+
+async def _handle_send(app: Sanic, client: Client, frame: protocol.SendFrame,
+                       error: Any) -> None:
+    ctx = app.ctx
+    config: Config = ctx.config
+    metrics: Metrics = ctx.metrics
+    received = time.monotonic()
+    if config.fault_rate and random.random() < config.fault_rate:
+        metrics.sends.inc("error")
+        ctx.board.failure()
+        error(ErrorCode.UNAVAILABLE, "injected fault (CHAT_FAULT_RATE); retry")
+        return
+    try:
+        t0 = time.monotonic()
+        result = await ctx.store.append(room=client.room, user_id=client.user_id,
+                                        name=client.name, text=frame.text,
+                                        client_id=frame.client_id, color=config.color)
+        metrics.store_latency.observe(time.monotonic() - t0)
+    except StoreUnavailable as e:
+        log.warning("store_failed", extra={"event": "store_failed", "error": str(e)})
+        metrics.sends.inc("error")
+        ctx.board.failure()
+        error(ErrorCode.UNAVAILABLE, "storage unavailable; retry with the same client_id")
+        return
+    client.offer(protocol.ack_frame(frame.client_id, result.seq))
+    latency = time.monotonic() - received
+    metrics.sends.inc("ok")
+    metrics.ack_latency.observe(latency)
+    ctx.board.ack(latency)
+    if result.frame is None:
+        return  # a retry of a stored message: never delivered twice
+    encoded = protocol.encode(result.frame)
+    room = ctx.rooms.rooms.get(client.room)
+    if room is not None:
+        room.offer(result.seq, encoded, result.ts)
+    try:
+        await ctx.bus.publish_message(client.room, encoded)
+    except BusErrors as e:
+        log.warning("publish_failed", extra={"event": "publish_failed", "error": str(e)})

@@ -1,0 +1,109 @@
+"""Service configuration: environment variables first, command-line options over them."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key, "")
+    return float(raw) if raw.strip() else default
+
+
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key, "")
+    return int(raw) if raw.strip() else default
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the chat service reads from its environment (defaults in brackets).
+
+    CHAT_HOST [127.0.0.1], CHAT_PORT [8000], CHAT_COLOR [blue], CHAT_VERSION [v1],
+    CHAT_INSTANCE_ID [<color>-<hostname>-<pid>], REDIS_URL [redis://127.0.0.1:6379/0],
+    AWS_REGION [ap-northeast-2], AWS_ENDPOINT_URL_DYNAMODB [unset: real DynamoDB],
+    CHAT_TABLE_MESSAGES [messages], CHAT_TABLE_CONNECTIONS [connections],
+    CHAT_TABLE_USER_COUNTER [user-counter], CHAT_ADMIN_TOKEN [unset: admin API off],
+    CHAT_FAULT_RATE [0], CHAT_DRAIN_SECONDS [10], CHAT_STATIC_DIR [unset],
+    CHAT_ALLOWED_ORIGINS [unset: same origin only; `*` allows any; else a comma list],
+    CHAT_SEND_QUEUE [256 frames per connection], CHAT_PING_INTERVAL [20 s],
+    CHAT_GAP_WAIT [0.3 s], CHAT_GAP_SKIP [5 s], CHAT_RATE_PER_S [5], CHAT_RATE_BURST [10],
+    CHAT_LOG_LEVEL [INFO].
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    color: str = "blue"
+    version: str = "v1"
+    instance_id: str = ""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    aws_region: str = "ap-northeast-2"
+    dynamodb_endpoint: str | None = None
+    table_messages: str = "messages"
+    table_connections: str = "connections"
+    table_user_counter: str = "user-counter"
+    admin_token: str | None = None
+    fault_rate: float = 0.0
+    drain_seconds: float = 10.0
+    static_dir: str | None = None
+    allowed_origins: tuple[str, ...] = field(default_factory=tuple)
+    send_queue: int = 256
+    ping_interval: float = 20.0
+    gap_wait: float = 0.3
+    gap_skip: float = 5.0
+    rate_per_s: float = 5.0
+    rate_burst: int = 10
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.instance_id:
+            object.__setattr__(
+                self, "instance_id", f"{self.color}-{socket.gethostname()}-{os.getpid()}")
+        if not 0.0 <= self.fault_rate <= 1.0:
+            raise ValueError("CHAT_FAULT_RATE must be between 0 and 1")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Build from `env` (default os.environ); keyword overrides that are not None win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = dict(
+            host=env.get("CHAT_HOST", "127.0.0.1"),
+            port=_int(env, "CHAT_PORT", 8000),
+            color=env.get("CHAT_COLOR", "blue"),
+            version=env.get("CHAT_VERSION", "v1"),
+            instance_id=env.get("CHAT_INSTANCE_ID", ""),
+            redis_url=env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "ap-northeast-2",
+            dynamodb_endpoint=env.get("AWS_ENDPOINT_URL_DYNAMODB") or None,
+            table_messages=env.get("CHAT_TABLE_MESSAGES", "messages"),
+            table_connections=env.get("CHAT_TABLE_CONNECTIONS", "connections"),
+            table_user_counter=env.get("CHAT_TABLE_USER_COUNTER", "user-counter"),
+            admin_token=env.get("CHAT_ADMIN_TOKEN") or None,
+            fault_rate=_float(env, "CHAT_FAULT_RATE", 0.0),
+            drain_seconds=_float(env, "CHAT_DRAIN_SECONDS", 10.0),
+            static_dir=env.get("CHAT_STATIC_DIR") or None,
+            allowed_origins=_origins(env.get("CHAT_ALLOWED_ORIGINS", "")),
+            send_queue=_int(env, "CHAT_SEND_QUEUE", 256),
+            ping_interval=_float(env, "CHAT_PING_INTERVAL", 20.0),
+            gap_wait=_float(env, "CHAT_GAP_WAIT", 0.3),
+            gap_skip=_float(env, "CHAT_GAP_SKIP", 5.0),
+            rate_per_s=_float(env, "CHAT_RATE_PER_S", 5.0),
+            rate_burst=_int(env, "CHAT_RATE_BURST", 10),
+            log_level=env.get("CHAT_LOG_LEVEL", "INFO"),
+        )
+        for key, value in overrides.items():
+            if value is not None:
+                values[key] = _origins(value) if key == "allowed_origins" and isinstance(
+                    value, str) else value
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Config:
+        return replace(self, **changes)
