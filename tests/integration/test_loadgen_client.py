@@ -1,0 +1,205 @@
+"""The load generator's client behaviour, against a scripted peer that speaks the protocol.
+
+The real chat server cannot be told "answer the first try of every send with unavailable"
+or "deliver seq 7 twice to one user"; this small in-process WebSocket peer (websockets'
+own server, real sockets on a free port) can, so these tests pin down that the load
+generator retries, migrates, resumes, and *notices* loss and duplication end to end.
+The tests against the real chat service are in test_loadgen_stack.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import ServerConnection, serve
+
+from chat.loadgen import LoadGenConfig, exit_code, run_loadgen
+from tests.conftest import free_port
+
+
+@dataclass
+class Peer:
+    """One room, durable in memory, exactly-once in-order fan-out through per-client queues."""
+
+    color: str = "blue"
+    unavailable_first_try: bool = False
+    migrate_after: int | None = None      # send migrate to everyone after N stored messages
+    drop_all_after: int | None = None     # close everyone with 1012 after N stored messages
+    duplicate_seq: int | None = None      # deliver this seq twice to the first client
+    skip_seq: int | None = None           # never deliver this seq to the first client
+    seq: int = 0
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    ids: dict[str, int] = field(default_factory=dict)
+    tried: set[str] = field(default_factory=set)
+    clients: list[asyncio.Queue[str | None]] = field(default_factory=list)
+    first: asyncio.Queue[str | None] | None = None
+    fired: bool = False
+    ten_stored: asyncio.Event = field(default_factory=asyncio.Event)
+    next_user: int = 0
+
+    async def handler(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        q = parse_qs(urlsplit(ws.request.path).query)
+        room, name = q["room"][0], q["name"][0]
+        since = int(q["since"][0]) if "since" in q else None
+        out: asyncio.Queue[str | None] = asyncio.Queue()
+        self.next_user += 1
+        # welcome, history and registration with no await between: no gap, no repeat
+        out.put_nowait(json.dumps({"type": "welcome", "user_id": self.next_user, "name": name,
+                                   "room": room, "color": self.color, "version": "v1",
+                                   "server": "peer", "seq": self.seq}))
+        hist = [m for m in self.messages if since is None or m["seq"] > since]
+        if since is None:
+            hist = hist[-50:]
+        out.put_nowait(json.dumps({"type": "history", "messages": hist}))
+        if self.first is None:
+            self.first = out
+        self.clients.append(out)
+        writer = asyncio.create_task(self._write(ws, out))
+        try:
+            async for raw in ws:
+                f = json.loads(raw)
+                cid = f["client_id"]
+                if self.unavailable_first_try and cid not in self.tried:
+                    self.tried.add(cid)
+                    out.put_nowait(json.dumps({"type": "error", "code": "unavailable",
+                                               "message": "storage down"}))
+                    continue
+                if cid not in self.ids:
+                    self.seq += 1
+                    self.ids[cid] = self.seq
+                    m = {"type": "message", "room": room, "seq": self.seq, "user_id": 1,
+                         "name": name, "text": f["text"], "ts": int(time.time() * 1000),
+                         "color": self.color}
+                    self.messages.append(m)
+                    self._fan_out(m)
+                out.put_nowait(json.dumps({"type": "ack", "client_id": cid,
+                                           "seq": self.ids[cid]}))
+                self._maybe_fire()
+                if self.seq >= 10:
+                    self.ten_stored.set()
+        finally:
+            self.clients.remove(out)
+            out.put_nowait(None)
+            await writer
+
+    def _fan_out(self, m: dict[str, Any]) -> None:
+        frame = json.dumps(m)
+        for c in self.clients:
+            if c is self.first and m["seq"] == self.skip_seq:
+                continue
+            c.put_nowait(frame)
+            if c is self.first and m["seq"] == self.duplicate_seq:
+                c.put_nowait(frame)
+
+    def _maybe_fire(self) -> None:
+        if self.fired:
+            return
+        if self.migrate_after is not None and self.seq >= self.migrate_after:
+            self.fired = True
+            self.color = "green"        # new connections land on "green"
+            for c in self.clients:
+                c.put_nowait(json.dumps({"type": "migrate"}))
+        if self.drop_all_after is not None and self.seq >= self.drop_all_after:
+            self.fired = True
+            for c in self.clients:
+                c.put_nowait("__close_1012__")
+
+    async def _write(self, ws: ServerConnection, out: asyncio.Queue[str | None]) -> None:
+        while (frame := await out.get()) is not None:
+            if frame == "__close_1012__":
+                await ws.close(1012, "going away")
+                return
+            try:
+                await ws.send(frame)
+            except Exception:
+                return
+
+
+@asynccontextmanager
+async def running(peer: Peer) -> AsyncIterator[str]:
+    port = free_port()
+    async with serve(peer.handler, "127.0.0.1", port, compression=None):
+        yield f"ws://127.0.0.1:{port}/ws"
+
+
+def cfg(url: str, **kw: Any) -> LoadGenConfig:
+    base: dict[str, Any] = dict(url=url, users=6, rate=30.0, duration=1.5, ramp=0.2, drain=3.0,
+                                seed=7, backoff_base=0.05, backoff_cap=0.3)
+    base.update(kw)
+    return LoadGenConfig(**base)
+
+
+async def test_clean_peer_gives_a_clean_report() -> None:
+    peer = Peer()
+    async with running(peer) as url:
+        r = await run_loadgen(cfg(url))
+    assert r["connected"] == 6 and r["sent"] > 30 and r["acked"] == r["sent"]
+    assert r["expected_deliveries"] == 6 * r["acked"] == r["delivered"]
+    assert r["lost"] == r["duplicated"] == r["out_of_order"] == r["unexpected_closes"] == 0
+    assert r["connections_by_color"] == {"blue": 6}
+    assert exit_code(r) == 0
+
+
+async def test_unavailable_is_retried_with_the_same_client_id_and_nothing_is_lost() -> None:
+    peer = Peer(unavailable_first_try=True)
+    async with running(peer) as url:
+        r = await run_loadgen(cfg(url))
+    assert r["errors"].get("unavailable", 0) == r["sent"] > 0
+    assert r["retries"] >= r["sent"] and r["acked"] == r["sent"]
+    assert len(peer.ids) == r["sent"]            # each message stored once
+    assert r["lost"] == 0 and exit_code(r) == 0
+
+
+async def test_migrate_is_followed_make_before_break() -> None:
+    peer = Peer(migrate_after=10)
+    async with running(peer) as url:
+        r = await run_loadgen(cfg(url))
+    assert r["migrations"] == 6 and r["unexpected_closes"] == 0
+    assert r["new_connections_by_color"] == {"blue": 6, "green": 6}
+    assert r["connections_by_color"] == {"green": 6}
+    assert r["close_codes"] == {"1000": 12}                # old ones by us, then the rest
+    assert r["lost"] == r["duplicated"] == r["out_of_order"] == 0 and exit_code(r) == 0
+
+
+async def test_server_going_away_is_an_unexpected_close_resumed_with_since() -> None:
+    peer = Peer(drop_all_after=10)
+    async with running(peer) as url:
+        r = await run_loadgen(cfg(url))
+    assert r["unexpected_closes"] == 6 and r["reconnects"] == 6
+    assert r["close_codes"] == {"1012": 6, "1000": 6}   # theirs, then ours at the end
+    assert r["lost"] == 0 and r["duplicated"] == 0 and exit_code(r) == 0
+
+
+async def test_a_duplicate_delivery_fails_the_run() -> None:
+    peer = Peer(duplicate_seq=5)
+    async with running(peer) as url:
+        r = await run_loadgen(cfg(url))
+    assert r["duplicated"] == 1 and r["lost"] == 0
+    assert exit_code(r) == 1
+
+
+async def test_a_missed_delivery_is_lost_and_fails_the_run() -> None:
+    peer = Peer(skip_seq=5)
+    async with running(peer) as url:
+        r = await run_loadgen(cfg(url, drain=1.0))
+    assert r["lost"] == 1 and r["duplicated"] == 0
+    assert exit_code(r) == 1
+
+
+async def test_stop_ends_an_open_ended_run_with_a_report() -> None:
+    peer = Peer()
+    holder: list[Any] = []
+    async with running(peer) as url:
+        task = asyncio.create_task(run_loadgen(cfg(url, duration=0), on_start=holder.append))
+        await asyncio.wait_for(peer.ten_stored.wait(), 10)
+        holder[0].stop()
+        r = await asyncio.wait_for(task, 10)
+    assert r["sent"] >= 10 and r["lost"] == 0 and exit_code(r) == 0
