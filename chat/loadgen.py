@@ -223,6 +223,9 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
 @dataclass
 class LoadGenConfig:
     url: str = "ws://127.0.0.1:8080/ws"
+    # more /ws URLs (e.g. two instances without a load balancer): users start on
+    # url, extra_urls[0], ... in turn and move to the next one on every new connection
+    extra_urls: list[str] = field(default_factory=list)
     users: int = 100
     rate: float = 20.0                 # messages per second, all users together
     duration: float = 60.0             # seconds of sending; 0 = until stop()
@@ -293,7 +296,7 @@ class SimUser:
         self.idle.set()
         self.reply: asyncio.Future[dict[str, Any]] | None = None
         self.ever_connected = False
-        self.gave_up = False
+        self.url_turn = 0                # which of the configured URLs is next
 
     # ---- connections
 
@@ -301,7 +304,8 @@ class SimUser:
         params: dict[str, str] = {"room": self.room, "name": self.name}
         if self.track.join_seq is not None:
             params["since"] = str(self.track.last_seq)
-        parts = urlsplit(self.lg.cfg.url)
+        urls = [self.lg.cfg.url, *self.lg.cfg.extra_urls]
+        parts = urlsplit(urls[(self.index + self.url_turn) % len(urls)])
         query = urlencode(params)
         if parts.query:
             query = parts.query + "&" + query
@@ -352,6 +356,7 @@ class SimUser:
             try:
                 return await self._open_once(why)
             except Exception:
+                self.url_turn += 1
                 delay = backoff_delay(attempt, self.lg.cfg.backoff_base,
                                       self.lg.cfg.backoff_cap, self.lg.rng)
                 attempt += 1
@@ -443,6 +448,7 @@ class SimUser:
                 self.connected.clear()
                 self.conn = None
                 st.reconnects += 1
+                self.url_turn += 1
                 try:
                     conn = await self._open("reconnect")
                 except _Done:
@@ -451,6 +457,7 @@ class SimUser:
                 self.connected.set()
                 continue
             why = "migrate" if "migrate" in reasons else "churn"
+            self.url_turn += 1
             try:
                 new = await self._open(why)
             except _Done:
@@ -545,6 +552,7 @@ class LoadGen:
         self.sending_s = 0.0
         self.joined = asyncio.Event()          # at least one user is connected
         self._bg: set[asyncio.Task[None]] = set()
+        self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def stop(self) -> None:
         """End the sending phase now (then drain and report). Safe to call repeatedly."""
@@ -554,6 +562,19 @@ class LoadGen:
         self.stats.acked += 1
         self.acked[user.room].add(seq)
         self.ack_latency.add(latency_s * 1000)
+        while self._ack_waiters and self._ack_waiters[0][0] <= self.stats.acked:
+            _, fut = self._ack_waiters.pop(0)
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_acked(self, n: int) -> None:
+        """Return once ``n`` messages have been acknowledged (the load is flowing)."""
+        if self.stats.acked >= n:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ack_waiters.append((n, fut))
+        self._ack_waiters.sort(key=lambda w: w[0])
+        await fut
 
     def _held(self) -> list[UserTrack]:
         return [u.track for u in self.users
@@ -670,7 +691,8 @@ class LoadGen:
         lat = self.latency.summary()
         ack = self.ack_latency.summary()
         return {
-            "url": self.cfg.url, "users": self.cfg.users, "rooms": self.rooms,
+            "url": self.cfg.url, "extra_urls": self.cfg.extra_urls,
+            "users": self.cfg.users, "rooms": self.rooms,
             "rate": self.cfg.rate, "duration_s": round(self.sending_s, 2),
             "connected": st.connected_users,
             "held_to_delivery": len(held),
@@ -742,7 +764,9 @@ def _colors(d: dict[str, int]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m chat loadgen", description=__doc__.split("\n")[0])
-    p.add_argument("--url", default="ws://127.0.0.1:8080/ws", help="WebSocket URL of /ws")
+    p.add_argument("--url", action="append", default=None,
+                   help="WebSocket URL of /ws (default ws://127.0.0.1:8080/ws); repeat it to "
+                        "spread users over several instances without a load balancer")
     p.add_argument("--users", type=int, default=100)
     p.add_argument("--rate", type=float, default=20.0, help="messages/s, all users together")
     p.add_argument("--duration", type=float, default=60.0,
@@ -763,7 +787,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    cfg = LoadGenConfig(url=args.url, users=args.users, rate=args.rate, duration=args.duration,
+    urls = args.url or ["ws://127.0.0.1:8080/ws"]
+    cfg = LoadGenConfig(url=urls[0], extra_urls=urls[1:], users=args.users, rate=args.rate,
+                        duration=args.duration,
                         rooms=args.rooms, room_prefix=args.room_prefix, origin=args.origin,
                         ramp=args.ramp, drain=args.drain, churn=args.churn, seed=args.seed)
 
