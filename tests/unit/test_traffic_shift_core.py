@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,8 @@ from ansible_collections.canarychat.platform.plugins.module_utils import (  # no
 T = core.Thresholds(min_healthy=1, max_error_rate=0.05, max_p95_ms=500)
 
 
-def metrics(sends_ok: float, sends_err: float, http: dict[str, float],
-            buckets: dict[str, float]) -> str:
+def metrics(sends_ok: float, sends_err: float, http: Mapping[str, float],
+            buckets: Mapping[str, float]) -> str:
     """A /metrics page shaped like the chat's (docs/architecture.md)."""
     lines = [
         "# HELP chat_sends_total send frames answered",
