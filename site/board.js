@@ -20,7 +20,7 @@
       result: 'Result', gates: 'Gate readings', noEvents: 'No canary steps yet.',
       connections: 'Live connections', newConnections: 'New conn. share (60 s)',
       msgRate: 'Messages / s', errorRate: 'Error rate', p95: 'p95 latency',
-      instances: 'Instances', ok: 'passed', failed: 'FAILED',
+      instances: 'Instances', ok: 'passed', failed: 'FAILED', draining: 'draining',
       live: (s) => `live · updated ${s}`, stale: (s) => `STALE · last update ${s}`,
       down: (why) => `no data: ${why}`, waiting: 'waiting for data…',
     },
@@ -31,7 +31,7 @@
       result: '결과', gates: '게이트 측정값', noEvents: '아직 카나리 단계가 없습니다.',
       connections: '현재 연결', newConnections: '새 연결 비율 (60초)',
       msgRate: '초당 메시지', errorRate: '오류율', p95: 'p95 지연',
-      instances: '인스턴스', ok: '통과', failed: '실패',
+      instances: '인스턴스', ok: '통과', failed: '실패', draining: '드레인 중',
       live: (s) => `실시간 · ${s} 갱신`, stale: (s) => `오래됨 · 마지막 갱신 ${s}`,
       down: (why) => `데이터 없음: ${why}`, waiting: '데이터를 기다리는 중…',
     },
@@ -111,6 +111,7 @@
       set(el, 'p95_ms', ms(c.p95_ms));
       set(el, 'instances', num(c.instances));
       el.dataset.alarm = c.error_rate > 0.05 ? 'true' : 'false';
+      el.querySelector('.color-draining').hidden = !c.draining;
     }
     const b = colors.blue || {};
     const g = colors.green || {};
@@ -135,7 +136,7 @@
       .join(' · ');
   }
   function fmtValue(v) {
-    if (typeof v === 'number') return Number.isInteger(v) ? String(v) : v.toFixed(3);
+    if (typeof v === 'number') return String(Number(v.toFixed(3))); // 18.5, 0.001, 250
     if (v === null || v === undefined) return '–';
     return String(v);
   }

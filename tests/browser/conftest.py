@@ -1,0 +1,82 @@
+"""Browser fixtures: Debian's chromium through Playwright, and blue + green chat instances
+serving site/ (real redis-server and moto server underneath, free ports)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, sync_playwright
+
+from tests.chatstack import ChatInstance, ChatStack, chat_stack
+from tests.conftest import REPO, free_port, wait_for_http
+
+__all__ = ["browser", "chat_stack", "green_first_proxy", "site_pair"]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-quic"]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def site_pair(chat_stack: ChatStack) -> tuple[ChatInstance, ChatInstance]:
+    """Blue (v1) and green (v2), each serving the web client and the board."""
+    site = REPO / "site"
+    return (chat_stack.start("blue", static=site), chat_stack.start("green", static=site))
+
+
+HAPROXY_CFG = """\
+global
+    maxconn 200
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    timeout tunnel 1h
+frontend site
+    bind 127.0.0.1:{port}
+    default_backend chat
+backend chat
+    balance roundrobin
+    option httpchk GET /readyz
+    default-server inter 200ms fall 1 rise 1
+    server green 127.0.0.1:{green} check
+    server blue 127.0.0.1:{blue} check backup
+"""
+
+
+@pytest.fixture(scope="module")
+def green_first_proxy(site_pair: tuple[ChatInstance, ChatInstance],
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real HAProxy in front of both colors: green while it is ready, else blue."""
+    exe = shutil.which("haproxy")
+    if exe is None:
+        pytest.fail("haproxy is not installed (scripts/setup.sh installs it)")
+    blue, green = site_pair
+    port = free_port()
+    cfg = tmp_path_factory.mktemp("haproxy") / "haproxy.cfg"
+    cfg.write_text(HAPROXY_CFG.format(port=port, green=green.port, blue=blue.port))
+    proc = subprocess.Popen([exe, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -1,0 +1,278 @@
+"""The web client and the deploy board in Debian's chromium, against real blue and green chat
+instances (which serve site/ with their strict Content-Security-Policy)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect
+
+from tests.chatstack import ChatInstance, ChatStack
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.timeout(180)]
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+@dataclass
+class Tab:
+    page: Page
+    dialogs: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)   # page errors and CSP violations
+
+    def ok(self) -> None:
+        assert self.dialogs == [], f"a dialog fired: {self.dialogs}"
+        assert self.problems == [], f"errors in the page: {self.problems}"
+
+
+@pytest.fixture
+def contexts(browser: Browser) -> Iterator[list[BrowserContext]]:
+    made: list[BrowserContext] = []
+    yield made
+    for c in made:
+        c.close()
+
+
+def open_tab(browser: Browser, contexts: list[BrowserContext], url: str,
+             locale: str = "en-US", viewport: dict[str, int] | None = None) -> Tab:
+    ctx = browser.new_context(locale=locale, viewport=viewport or {"width": 1000, "height": 760})
+    contexts.append(ctx)
+    page = ctx.new_page()
+    tab = Tab(page)
+
+    def on_dialog(d: object) -> None:
+        tab.dialogs.append(getattr(d, "message", "?"))
+        d.dismiss()  # type: ignore[attr-defined]
+
+    page.on("dialog", on_dialog)
+    page.on("pageerror", lambda e: tab.problems.append(f"pageerror: {e}"))
+    page.on("console", lambda m: tab.problems.append(m.text)
+            if m.type == "error" and "Content Security Policy" in m.text else None)
+    page.goto(url)
+    return tab
+
+
+def join(tab: Tab, name: str, room: str) -> None:
+    p = tab.page
+    p.get_by_test_id("name-input").fill(name)
+    p.get_by_test_id("room-input").fill(room)
+    p.get_by_test_id("join-button").click()
+    expect(p.get_by_test_id("badge")).not_to_have_text("")
+
+
+def say(tab: Tab, text: str) -> None:
+    tab.page.get_by_test_id("message-input").fill(text)
+    tab.page.get_by_test_id("send-button").click()
+
+
+def texts(tab: Tab) -> list[str]:
+    items = tab.page.get_by_test_id("message-list").get_by_test_id("message-text")
+    return items.all_text_contents()
+
+
+def new_room() -> str:
+    return f"room-{uuid.uuid4().hex[:8]}"
+
+
+def test_two_users_chat_across_blue_and_green(
+        browser: Browser, contexts: list[BrowserContext],
+        site_pair: tuple[ChatInstance, ChatInstance]) -> None:
+    blue, green = site_pair
+    room = new_room()
+    alice = open_tab(browser, contexts, blue.url + "/")
+    bob = open_tab(browser, contexts, green.url + "/")
+    join(alice, "alice", room)
+    join(bob, "bob", room)
+
+    say(alice, "hello from blue")
+    expect(bob.page.get_by_test_id("message-list")).to_contain_text("hello from blue")
+    mine = alice.page.get_by_test_id("message-list").get_by_test_id("message").last
+    expect(mine.get_by_test_id("message-status")).to_have_text("sent")
+    expect(mine).to_have_attribute("data-seq", re.compile(r"^\d+$"))
+    say(bob, "안녕, from green")
+    expect(alice.page.get_by_test_id("message-list")).to_contain_text("안녕, from green")
+
+    # each side shows each message once, in the same order
+    expect(alice.page.get_by_test_id("message-list").get_by_test_id("message")).to_have_count(2)
+    assert texts(alice) == texts(bob) == ["hello from blue", "안녕, from green"]
+    expect(alice.page.get_by_test_id("online")).to_contain_text("2")
+    # a late joiner gets the history
+    carol = open_tab(browser, contexts, blue.url + "/")
+    join(carol, "carol", room)
+    expect(carol.page.get_by_test_id("message-list").get_by_test_id("message")).to_have_count(2)
+    alice.page.screenshot(path="/tmp/chat.png")
+    for t in (alice, bob, carol):
+        t.ok()
+
+
+def test_markup_in_a_message_is_shown_as_text_and_never_runs(
+        browser: Browser, contexts: list[BrowserContext],
+        site_pair: tuple[ChatInstance, ChatInstance]) -> None:
+    blue, green = site_pair
+    room = new_room()
+    sender = open_tab(browser, contexts, blue.url + "/")
+    reader = open_tab(browser, contexts, green.url + "/")
+    join(sender, "mallory", room)
+    join(reader, "victim", room)
+    say(sender, XSS)
+    for tab in (sender, reader):
+        text = tab.page.get_by_test_id("message-list").get_by_test_id("message-text").last
+        expect(text).to_have_text(XSS)
+        assert tab.page.locator("[data-testid=message-list] img").count() == 0
+    # a nickname is user text too
+    evil = open_tab(browser, contexts, blue.url + "/")
+    join(evil, "b.o-b_1", room)
+    say(evil, "second")
+    expect(reader.page.get_by_test_id("message-list")).to_contain_text("second")
+    reader.page.wait_for_timeout(300)  # give a would-be onerror handler its chance to fire
+    for t in (sender, reader, evil):
+        t.ok()
+
+
+def test_badge_names_the_serving_color_and_version(
+        browser: Browser, contexts: list[BrowserContext],
+        site_pair: tuple[ChatInstance, ChatInstance]) -> None:
+    blue, green = site_pair
+    room = new_room()
+    on_blue = open_tab(browser, contexts, blue.url + "/")
+    on_green = open_tab(browser, contexts, green.url + "/")
+    join(on_blue, "b", room)
+    join(on_green, "g", room)
+    expect(on_blue.page.get_by_test_id("badge")).to_have_text("served by blue v1")
+    expect(on_blue.page.get_by_test_id("badge")).to_have_attribute("data-color", "blue")
+    expect(on_green.page.get_by_test_id("badge")).to_have_text("served by green v2")
+    on_blue.ok()
+    on_green.ok()
+
+
+def test_korean_browser_gets_the_korean_ui(
+        browser: Browser, contexts: list[BrowserContext],
+        site_pair: tuple[ChatInstance, ChatInstance]) -> None:
+    blue, _ = site_pair
+    tab = open_tab(browser, contexts, blue.url + "/", locale="ko-KR")
+    expect(tab.page.get_by_test_id("join-button")).to_have_text("입장")
+    assert tab.page.evaluate("document.documentElement.lang") == "ko"
+    join(tab, "민수", "한국어 방")
+    expect(tab.page.get_by_test_id("badge")).to_have_text("blue v1 서버 연결")
+    say(tab, "안녕하세요")
+    mine = tab.page.get_by_test_id("message-list").get_by_test_id("message").last
+    expect(mine.get_by_test_id("message-status")).to_have_text("전송됨")
+    tab.ok()
+
+
+def test_invalid_nickname_is_refused_before_connecting(
+        browser: Browser, contexts: list[BrowserContext],
+        site_pair: tuple[ChatInstance, ChatInstance]) -> None:
+    blue, _ = site_pair
+    tab = open_tab(browser, contexts, blue.url + "/")
+    tab.page.get_by_test_id("name-input").fill("<script>")
+    tab.page.get_by_test_id("join-button").click()
+    expect(tab.page.get_by_test_id("join-error")).to_be_visible()
+    expect(tab.page.get_by_test_id("chat-view")).to_be_hidden()
+    tab.ok()
+
+
+def test_phone_layout_fits_the_screen(
+        browser: Browser, contexts: list[BrowserContext],
+        site_pair: tuple[ChatInstance, ChatInstance]) -> None:
+    blue, _ = site_pair
+    tab = open_tab(browser, contexts, blue.url + "/", viewport={"width": 375, "height": 700})
+    join(tab, "phone user", new_room())
+    say(tab, "a rather long message " * 12)
+    expect(tab.page.get_by_test_id("message-status").last).to_have_text("sent")
+    overflow = tab.page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"page scrolls sideways by {overflow}px on a phone"
+    box = tab.page.get_by_test_id("composer").bounding_box()
+    assert box is not None and box["y"] + box["height"] <= 700   # composer on screen
+    tab.page.screenshot(path="/tmp/chat-phone.png")
+    tab.ok()
+
+
+def test_board_renders_the_figures_and_the_canary_steps(
+        browser: Browser, contexts: list[BrowserContext], chat_stack: ChatStack,
+        site_pair: tuple[ChatInstance, ChatInstance]) -> None:
+    blue, green = site_pair
+    for body in ({"action": "step", "weights": {"blue": 90, "green": 10}, "ok": True,
+                  "gates": {"error_rate": {"value": 0.0, "threshold": 0.05, "ok": True},
+                            "p95_ms": {"value": 14.2, "threshold": 250, "ok": True}},
+                  "message": "10% to green"},
+                 {"action": "step", "weights": {"blue": 50, "green": 50}, "ok": True,
+                  "gates": {"error_rate": 0.001, "p95_ms": 18.5}, "message": "50/50"}):
+        status, _ = chat_stack.admin(blue, "/api/admin/deploy-event", body)
+        assert status == 201
+    # live connections on both colors so the board has something to count
+    room = new_room()
+    users = [open_tab(browser, contexts, inst.url + "/") for inst in (blue, green, green)]
+    for i, u in enumerate(users):
+        join(u, f"user{i}", room)
+    say(users[0], "load")
+
+    board = open_tab(browser, contexts, green.url + "/board",
+                     viewport={"width": 1600, "height": 900})
+    page = board.page
+    expect(page.get_by_test_id("freshness")).to_have_attribute("data-state", "live")
+    blue_card = page.locator("[data-testid=color-card][data-color=blue]")
+    green_card = page.locator("[data-testid=color-card][data-color=green]")
+    expect(blue_card.get_by_test_id("weight")).to_have_text("50")
+    expect(green_card.get_by_test_id("weight")).to_have_text("50")
+    # instances publish their figures every second: wait for the connections to show
+    expect(blue_card.get_by_test_id("connections")).to_have_text(re.compile(r"^[1-9]\d*$"))
+    expect(green_card.get_by_test_id("connections")).to_have_text(re.compile(r"^[2-9]\d*$"))
+    expect(blue_card.locator(".color-version")).to_have_text("v1")
+    expect(green_card.get_by_test_id("new-share")).to_have_text(re.compile(r"^\d+%"))
+    expect(blue_card.get_by_test_id("error-rate")).to_have_text(re.compile(r"^\d+\.\d\d%$"))
+    events = page.get_by_test_id("event")
+    expect(events).to_have_count(2)
+    expect(events.first).to_contain_text("50 / 50")       # newest first
+    expect(events.last).to_contain_text("error_rate 0 / 0.05 ✓ · p95_ms 14.2 / 250 ✓")
+    expect(page.get_by_test_id("split-live").locator(".split-figures")).to_have_text(
+        re.compile(r"^\d+ / \d+$"))
+    page.wait_for_timeout(1600)  # one more refresh cycle: still live, still no errors
+    expect(page.get_by_test_id("freshness")).to_have_attribute("data-state", "live")
+    page.screenshot(path="/tmp/board.png")
+    board.ok()
+    for u in users:
+        u.ok()
+
+
+def test_migrate_moves_the_page_to_blue_without_a_visible_interruption(
+        browser: Browser, contexts: list[BrowserContext], chat_stack: ChatStack,
+        site_pair: tuple[ChatInstance, ChatInstance], green_first_proxy: str) -> None:
+    """Through HAProxy (green first, blue as backup): drain green, the page follows migrate."""
+    blue, green = site_pair
+    room = new_room()
+    tab = open_tab(browser, contexts, green_first_proxy + "/")
+    other = open_tab(browser, contexts, blue.url + "/")
+    join(tab, "mover", room)
+    join(other, "stayer", room)
+    page = tab.page
+    expect(page.get_by_test_id("badge")).to_have_text("served by green v2")
+    # record whether the "connection lost" line ever shows, however briefly
+    page.evaluate("""() => {
+        window.__statusShown = [];
+        const s = document.querySelector('[data-testid=status]');
+        new MutationObserver(() => { if (!s.hidden) window.__statusShown.push(s.textContent); })
+            .observe(s, {attributes: true, childList: true, characterData: true, subtree: true});
+    }""")
+    say(other, "before drain")
+    expect(page.get_by_test_id("message-list")).to_contain_text("before drain")
+    try:
+        status, _ = chat_stack.admin(green, "/api/admin/drain", {"color": "green"})
+        assert status in (200, 202)
+        expect(page.get_by_test_id("badge")).to_have_text("served by blue v1", timeout=20_000)
+        say(other, "after drain")
+        say(tab, "me too")
+        expect(page.get_by_test_id("message-list")).to_contain_text("after drain")
+        expect(page.get_by_test_id("message-status").last).to_have_text("sent")
+        expect(other.page.get_by_test_id("message-list")).to_contain_text("me too")
+    finally:
+        chat_stack.admin(green, "/api/admin/undrain", {"color": "green"})
+    assert texts(tab) == ["before drain", "after drain", "me too"]   # once each, in order
+    assert page.evaluate("window.__statusShown") == []
+    tab.ok()
+    other.ok()
