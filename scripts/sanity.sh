@@ -46,13 +46,15 @@ mkdir -p "$dest"
 git ls-files -z galaxy.yml meta plugins tests/sanity README.md | xargs -0 cp --parents -t "$dest"
 # Collections we import from (module_utils of amazon.aws, ...), beside ours.
 site="$("$py" -c 'import ansible_collections, os; print(os.path.dirname(ansible_collections.__file__) if ansible_collections.__file__ else list(ansible_collections.__path__)[0])')"
-for ns_dir in "$site"/*/; do
-  ns="$(basename "$ns_dir")"
+for coll in "$site"/*/*/galaxy.yml "$site"/*/*/MANIFEST.json; do
+  [ -e "$coll" ] || continue
+  dir="$(dirname "$coll")"
+  name="$(basename "$dir")"
+  ns="$(basename "$(dirname "$dir")")"
   [ "$ns" = "canarychat" ] && continue
+  [ -e "$work/ansible_collections/$ns/$name" ] && continue
   mkdir -p "$work/ansible_collections/$ns"
-  for coll in "$ns_dir"*/; do
-    ln -s "${coll%/}" "$work/ansible_collections/$ns/$(basename "$coll")"
-  done
+  ln -s "$dir" "$work/ansible_collections/$ns/$name"
 done
 # The collection is Apache-2.0 (galaxy.yml), not GPLv3: validate-modules' license-header
 # check (meant for ansible-core's own modules) is ignored for every module, and only that.
