@@ -99,7 +99,15 @@ class HAProxyDriver(object):
         parts = [p for p in out.split("\n") if p.strip()]
         if len(parts) != 2:
             raise RuntimeAPIError("unexpected answer to %r: %r" % (cmd, out.strip()))
-        return {"blue": parse_get_weight(parts[0]), "green": parse_get_weight(parts[1])}
+        weights = {}
+        for i, color in enumerate(("blue", "green")):
+            answer = parts[i]
+            try:
+                weights[color] = parse_get_weight(answer)
+            except ValueError:
+                raise RuntimeAPIError("HAProxy cannot read the weight of %s/%s: %s" % (
+                    self.backend, self.servers[color], answer.strip())) from None
+        return weights
 
     def apply_weights(self, weights):
         # The color losing weight first: a rollback stops new connections to green at once.

@@ -103,6 +103,7 @@ class Stack:
     blue: FakeChat
     green: FakeChat
     socket_path: str
+    tcp_port: int
     frontend_port: int
     metrics_urls: dict[str, str]
 
@@ -150,6 +151,7 @@ class Stack:
 HAPROXY_CFG = """\
 global
   stats socket {sock} mode 600 level admin
+  stats socket ipv4@127.0.0.1:{tcp} level admin
 defaults
   mode http
   timeout connect 2s
@@ -176,15 +178,15 @@ def stack() -> Iterator[Stack]:
     servers = [serve(blue), serve(green)]
     tmp = tempfile.mkdtemp(prefix="ts-haproxy-")  # short: UNIX socket paths are limited
     sock = os.path.join(tmp, "haproxy.sock")
-    fe = free_port()
+    fe, tcp = free_port(), free_port()
     cfg = Path(tmp, "haproxy.cfg")
-    cfg.write_text(HAPROXY_CFG.format(sock=sock, fe=fe, blue=servers[0][1],
+    cfg.write_text(HAPROXY_CFG.format(sock=sock, tcp=tcp, fe=fe, blue=servers[0][1],
                                       green=servers[1][1]))
     proc = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         wait_for_port(fe)
-        s = Stack(blue, green, sock, fe,
+        s = Stack(blue, green, sock, tcp, fe,
                   {c: f"http://127.0.0.1:{p}/metrics" for c, (_, p) in zip(
                       ("blue", "green"), servers, strict=True)})
         s.wait_status("blue", "UP")
@@ -347,3 +349,16 @@ def test_unreachable_runtime_api_fails_cleanly(stack: Stack) -> None:
     res = run_module(shift_args(stack, 50, haproxy_socket=stack.socket_path + ".nope"))
     assert res.get("failed") is True
     assert "cannot connect to the HAProxy runtime API" in res["msg"]
+
+
+def test_runtime_api_over_tcp(stack: Stack) -> None:
+    res = run_module(shift_args(stack, 30, haproxy_socket=f"127.0.0.1:{stack.tcp_port}"))
+    assert not res.get("failed"), res
+    assert stack.weights() == {"blue": 70, "green": 30}
+
+
+def test_a_wrong_server_name_fails_before_anything_moves(stack: Stack) -> None:
+    res = run_module(shift_args(stack, 50, green_server="greeen"))
+    assert res.get("failed") is True
+    assert "HAProxy cannot read the weight of chat/greeen" in res["msg"]
+    assert stack.weights() == {"blue": 90, "green": 10}
