@@ -176,22 +176,33 @@ class UserTrack:
         return True
 
     def missing(self, acked: Iterable[int]) -> int:
+        return len(self.missing_seqs(acked))
+
+    def missing_seqs(self, acked: Iterable[int]) -> list[int]:
         base = self.join_seq if self.join_seq is not None else 0
-        return sum(1 for s in acked if s > base and s not in self.received)
+        return [s for s in acked if s > base and s not in self.received]
 
     def expected(self, acked: Iterable[int]) -> int:
         base = self.join_seq if self.join_seq is not None else 0
         return sum(1 for s in acked if s > base)
 
 
-def account(users: Iterable[UserTrack], acked: dict[str, set[int]]) -> dict[str, int]:
-    """Totals over the users held to delivery (see the module docstring)."""
+def account(users: Iterable[UserTrack], acked: dict[str, set[int]]) -> dict[str, Any]:
+    """Totals over the users held to delivery (see the module docstring).
+
+    ``lost_seqs`` names, per room, up to 20 lost sequence numbers and how many users missed
+    each: the first thing to look at when a run fails.
+    """
     expected = delivered = duplicated = out_of_order = overlap = 0
     lost = 0
+    missed: dict[str, Counter[int]] = {}
     for u in users:
         room_acked = acked.get(u.room, set())
         exp = u.expected(room_acked)
-        miss = u.missing(room_acked)
+        seqs = u.missing_seqs(room_acked)
+        miss = len(seqs)
+        if seqs:
+            missed.setdefault(u.room, Counter()).update(seqs)
         expected += exp
         lost += miss
         delivered += exp - miss
@@ -200,7 +211,9 @@ def account(users: Iterable[UserTrack], acked: dict[str, set[int]]) -> dict[str,
         overlap += u.overlap_dropped
     return {"expected_deliveries": expected, "delivered": delivered, "lost": lost,
             "duplicated": duplicated, "out_of_order": out_of_order,
-            "overlap_dropped": overlap}
+            "overlap_dropped": overlap,
+            "lost_seqs": {room: {str(k): v for k, v in sorted(c.items())[:20]}
+                          for room, c in missed.items()}}
 
 
 def exit_code(report: dict[str, Any]) -> int:
@@ -233,7 +246,7 @@ class LoadGenConfig:
     room_prefix: str | None = None     # default: "lg-<random>"
     origin: str | None = None
     ramp: float = 5.0                  # seconds over which users join
-    drain: float = 5.0                 # seconds to wait for in-flight deliveries
+    drain: float = 15.0                # at most this long for in-flight deliveries
     churn: float = 0.0                 # mean seconds between planned reconnects per user
     seed: int | None = None
     connect_timeout: float = 10.0
@@ -253,6 +266,9 @@ class Stats:
     migrations: int = 0
     churns: int = 0
     reconnects: int = 0
+    scheduled: int = 0                 # turns handed out by the rate scheduler
+    skipped_backlog: int = 0           # turns skipped: that user already had 5 queued
+    unsent_at_stop: int = 0            # still queued when sending stopped
     sent: int = 0                      # distinct messages sent (client_ids)
     send_frames: int = 0               # including retries
     retries: int = 0
@@ -609,9 +625,13 @@ class LoadGen:
                 u = order[i % len(order)]
                 i += 1
                 if u.ever_connected:
-                    # one send in flight per user; a backlog shows up as a lower "sent"
+                    # one send in flight per user; a user whose acks lag 5 messages behind
+                    # skips its turn (counted: the server is slower than the offered load)
+                    self.stats.scheduled += 1
                     if u.outbox.qsize() < 5:
                         u.outbox.put_nowait(f"msg {n} from {u.name} · 안녕 hello")
+                    else:
+                        self.stats.skipped_backlog += 1
                     break
         self.sending_s = time.monotonic() - start
 
@@ -637,6 +657,7 @@ class LoadGen:
             for u in self.users:   # drop what was never sent
                 while not u.outbox.empty():
                     u.outbox.get_nowait()
+                    self.stats.unsent_at_stop += 1
             deadline = time.monotonic() + cfg.drain
             # a poll: completeness is a computation over all users, not one event
             while time.monotonic() < deadline and not self._complete():  # noqa: ASYNC110
@@ -703,6 +724,8 @@ class LoadGen:
             "failed_handshakes_by_reason": dict(st.failed_by_reason),
             "unexpected_closes": st.unexpected_closes,
             "reconnects": st.reconnects, "migrations": st.migrations, "churns": st.churns,
+            "scheduled": st.scheduled, "skipped_backlog": st.skipped_backlog,
+            "unsent_at_stop": st.unsent_at_stop,
             "sent": st.sent, "send_frames": st.send_frames, "retries": st.retries,
             "acked": st.acked, "rejected": st.rejected,
             **totals,
@@ -739,7 +762,9 @@ def format_report(r: dict[str, Any]) -> str:
         ("handshakes ok / failed", f"{r['handshakes']} / {r['failed_handshakes']}"),
         ("unexpected closes", r["unexpected_closes"]),
         ("migrations / churn reconnects", f"{r['migrations']} / {r['churns']}"),
-        ("sent / acked (retries)", f"{r['sent']} / {r['acked']} ({r['retries']})"),
+        ("sent / acked (retries)", f"{r['sent']} / {r['acked']} ({r['retries']})"
+                                   + (f", {r['skipped_backlog']} turns skipped: acks lagging"
+                                      if r.get("skipped_backlog") else "")),
         ("expected deliveries", r["expected_deliveries"]),
         ("delivered", r["delivered"]),
         ("LOST", r["lost"]),
@@ -775,8 +800,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--room-prefix", default=None, help="room names <prefix>-1..N")
     p.add_argument("--origin", default=None, help="Origin header to send")
     p.add_argument("--ramp", type=float, default=5.0, help="seconds over which users join")
-    p.add_argument("--drain", type=float, default=5.0,
-                   help="seconds to wait for in-flight deliveries after sending stops")
+    p.add_argument("--drain", type=float, default=15.0,
+                   help="at most this many seconds to wait for in-flight deliveries after "
+                        "sending stops (ends as soon as everything arrived)")
     p.add_argument("--churn", type=float, default=0.0,
                    help="mean seconds between planned make-before-break reconnects per user")
     p.add_argument("--seed", type=int, default=None)

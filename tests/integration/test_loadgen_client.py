@@ -178,6 +178,17 @@ async def test_server_going_away_is_an_unexpected_close_resumed_with_since() -> 
     assert r["lost"] == 0 and r["duplicated"] == 0 and exit_code(r) == 0
 
 
+async def test_churn_reconnects_make_before_break_and_loses_nothing() -> None:
+    peer = Peer()
+    async with running(peer) as url:
+        r = await run_loadgen(cfg(url, churn=0.4, duration=2.0))
+    assert r["churns"] >= 6 and r["unexpected_closes"] == 0
+    assert r["handshakes"] == 6 + r["churns"] == sum(r["new_connections_by_color"].values())
+    assert len(r["new_connections"]) == r["handshakes"]
+    assert {why for _, _, why in r["new_connections"]} == {"join", "churn"}
+    assert r["lost"] == r["duplicated"] == r["out_of_order"] == 0 and exit_code(r) == 0
+
+
 async def test_a_duplicate_delivery_fails_the_run() -> None:
     peer = Peer(duplicate_seq=5)
     async with running(peer) as url:
