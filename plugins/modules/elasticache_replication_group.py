@@ -32,9 +32,10 @@ options:
     choices: [present, absent]
     default: present
   description:
-    description: Free-text description of the group (required by AWS on creation).
+    description:
+      - Free-text description of the group.
+      - AWS requires one on creation; C(managed by canarychat.platform) is used when unset.
     type: str
-    default: managed by canarychat.platform
   engine:
     description: Cache engine.
     type: str
@@ -304,7 +305,7 @@ def main():
     argument_spec = dict(
         replication_group_id=dict(type="str", required=True, aliases=["name"]),
         state=dict(type="str", choices=["present", "absent"], default="present"),
-        description=dict(type="str", default="managed by canarychat.platform"),
+        description=dict(type="str"),
         engine=dict(type="str", choices=["redis", "valkey"], default="redis"),
         engine_version=dict(type="str"),
         cache_node_type=dict(type="str"),
