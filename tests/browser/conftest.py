@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, sync_playwright
@@ -13,7 +15,7 @@ from playwright.sync_api import Browser, sync_playwright
 from tests.chatstack import ChatInstance, ChatStack, chat_stack
 from tests.conftest import REPO, free_port, wait_for_http
 
-__all__ = ["browser", "chat_stack", "green_first_proxy", "site_pair"]
+__all__ = ["browser", "chat_stack", "green_first_proxy", "haproxy_front", "site_pair"]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -51,23 +53,22 @@ frontend site
 backend chat
     balance roundrobin
     option httpchk GET /readyz
-    default-server inter 200ms fall 1 rise 1
-    server green 127.0.0.1:{green} check
-    server blue 127.0.0.1:{blue} check backup
+    timeout check 3s
+    default-server inter 300ms fall 2 rise 1
+    server primary 127.0.0.1:{green} check
+    server backup 127.0.0.1:{blue} check backup
 """
 
 
-@pytest.fixture(scope="module")
-def green_first_proxy(site_pair: tuple[ChatInstance, ChatInstance],
-                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real HAProxy in front of both colors: green while it is ready, else blue."""
+@contextmanager
+def haproxy_front(primary: ChatInstance, backup: ChatInstance, workdir: Path) -> Iterator[str]:
+    """A real HAProxy on a free port: ``primary`` while it is ready, else ``backup``."""
     exe = shutil.which("haproxy")
     if exe is None:
         pytest.fail("haproxy is not installed (scripts/setup.sh installs it)")
-    blue, green = site_pair
     port = free_port()
-    cfg = tmp_path_factory.mktemp("haproxy") / "haproxy.cfg"
-    cfg.write_text(HAPROXY_CFG.format(port=port, green=green.port, blue=blue.port))
+    cfg = workdir / f"haproxy-{port}.cfg"
+    cfg.write_text(HAPROXY_CFG.format(port=port, green=primary.port, blue=backup.port))
     proc = subprocess.Popen([exe, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -80,3 +81,12 @@ def green_first_proxy(site_pair: tuple[ChatInstance, ChatInstance],
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def green_first_proxy(site_pair: tuple[ChatInstance, ChatInstance],
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """HAProxy in front of both colors: green while it is ready, else blue."""
+    blue, green = site_pair
+    with haproxy_front(green, blue, tmp_path_factory.mktemp("haproxy")) as url:
+        yield url

@@ -7,11 +7,14 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
+from tests.browser.conftest import haproxy_front
 from tests.chatstack import ChatInstance, ChatStack
+from tests.conftest import REPO
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -276,3 +279,33 @@ def test_migrate_moves_the_page_to_blue_without_a_visible_interruption(
     assert page.evaluate("window.__statusShown") == []
     tab.ok()
     other.ok()
+
+
+def test_a_crashed_instance_is_left_with_backoff_and_the_page_resumes_with_since(
+        browser: Browser, contexts: list[BrowserContext], chat_stack: ChatStack,
+        site_pair: tuple[ChatInstance, ChatInstance], tmp_path: Path) -> None:
+    """SIGKILL the instance serving the page: it reconnects (through HAProxy, to blue) and
+    gets what was said meanwhile exactly once, from `since`."""
+    blue, _ = site_pair
+    doomed = chat_stack.start("green", version="v2", static=REPO / "site")
+    room = new_room()
+    with haproxy_front(doomed, blue, tmp_path) as front:
+        tab = open_tab(browser, contexts, front + "/")
+        other = open_tab(browser, contexts, blue.url + "/")
+        join(tab, "survivor", room)
+        join(other, "witness", room)
+        expect(tab.page.get_by_test_id("badge")).to_have_text("served by green v2")
+        say(other, "one")
+        expect(tab.page.get_by_test_id("message-list")).to_contain_text("one")
+        doomed.proc.kill()
+        doomed.proc.wait(10)
+        say(other, "two, while you were away")
+        expect(tab.page.get_by_test_id("badge")).to_have_text("served by blue v1",
+                                                              timeout=30_000)
+        expect(tab.page.get_by_test_id("message-list")).to_contain_text("while you were away")
+        say(tab, "three")
+        expect(other.page.get_by_test_id("message-list")).to_contain_text("three")
+        expect(tab.page.get_by_test_id("status")).to_be_hidden()
+        assert texts(tab) == ["one", "two, while you were away", "three"]
+        tab.ok()
+        other.ok()
