@@ -57,7 +57,7 @@ def find_target_group_arn(elbv2, name, retry=True):
 
 class ELBv2Driver(object):
     def __init__(self, elbv2, cloudwatch, listener_arn, target_group_arns, alarm_names=None,
-                 period=60, lookback=60, retry=True, clock=None):
+                 period=60, lookback=60, retry=True, clock=None, metrics=None):
         self.elbv2 = elbv2
         self.cloudwatch = cloudwatch
         self.listener_arn = listener_arn
@@ -68,6 +68,7 @@ class ELBv2Driver(object):
         self.kw = _kw(retry)
         self.wall = clock or time.time
         self.window_start = None
+        self.metrics = metrics  # optional ChatMetrics: the chat's own, faster signals
 
     # ---- weights
     def _default_actions(self):
@@ -114,6 +115,8 @@ class ELBv2Driver(object):
 
     def start_bake(self, step_start):
         self.window_start = window_start(step_start, self.lookback, self.period)
+        if self.metrics is not None:
+            self.metrics.start()
 
     def _query(self, qid, color, metric, stat):
         return {
@@ -175,6 +178,8 @@ class ELBv2Driver(object):
                          detail=None if p95 is not None else
                          "no TargetResponseTime p95 datapoints %s" % since),
         ]
+        if self.metrics is not None:
+            readings += self.metrics.readings(color, thresholds)
         if self.alarm_names:
             states = {a["AlarmName"]: a.get("StateValue") for a in self._alarms()}
             for name in self.alarm_names:

@@ -9,21 +9,18 @@ from __future__ import annotations
 import socket
 import time
 
-from ansible.module_utils.urls import open_url
 from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_core import (
     GATE_ERROR_RATE,
     GATE_HEALTHY,
-    GATE_P95,
-    chat_counters,
-    error_rate,
     haproxy_5xx_rate,
     make_reading,
-    p95_ms,
     parse_get_weight,
-    parse_prometheus,
     parse_show_stat,
     server_is_healthy,
     stat_row,
+)
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_metrics import (
+    ChatMetrics,
 )
 
 
@@ -73,22 +70,13 @@ class RuntimeAPI(object):
         return b"".join(chunks).decode("utf-8", "replace")
 
 
-def _fetch(url, timeout):
-    response = open_url(url, timeout=timeout, validate_certs=False)
-    return response.read().decode("utf-8", "replace")
-
-
 class HAProxyDriver(object):
-    def __init__(self, api, backend="chat", servers=None, metrics_urls=None,
-                 metrics_timeout=3.0, clock=None, fetch=_fetch):
+    def __init__(self, api, backend="chat", servers=None, metrics=None, clock=None):
         self.api = api
         self.backend = backend
         self.servers = servers or {"blue": "blue", "green": "green"}
-        self.metrics_urls = metrics_urls or {}
-        self.metrics_timeout = metrics_timeout
-        self.fetch = fetch
+        self.metrics = metrics or ChatMetrics({}, clock=clock)
         self.wall = clock or time.time
-        self._metrics_base = {}
         self._stat_base = {}
 
     # ---- weights
@@ -137,48 +125,16 @@ class HAProxyDriver(object):
         return [make_reading(GATE_HEALTHY, "haproxy", color, healthy, thresholds, self.wall(),
                              detail=detail)]
 
-    def _scrape(self, color):
-        url = self.metrics_urls.get(color)
-        if not url:
-            return None, "no metrics URL for %s" % color
-        try:
-            return chat_counters(parse_prometheus(self.fetch(url, self.metrics_timeout))), None
-        except Exception as e:  # an unreachable /metrics is "no data", not a pass
-            return None, "scraping %s failed: %s" % (url, e)
-
     def start_bake(self, step_start):
-        self._metrics_base = {}
         self._stat_base = {}
         rows = self._stat_rows()
         for color in ("blue", "green"):
             self._stat_base[color] = dict(self._server_row(rows, color))
-            counters = self._scrape(color)[0]
-            if counters is not None:
-                self._metrics_base[color] = counters
+        self.metrics.start()
 
     def bake_readings(self, color, thresholds):
+        readings = self.metrics.readings(color, thresholds)
         now = self.wall()
-        readings = []
-        counters, problem = self._scrape(color)
-        base = self._metrics_base.get(color)
-        if counters is not None and base is None:
-            # First successful scrape (the baseline failed): it becomes the baseline.
-            self._metrics_base[color] = counters
-            problem = "baseline taken now"
-        if counters is None or base is None:
-            readings.append(make_reading(GATE_ERROR_RATE, "metrics", color, None, thresholds,
-                                         now, detail=problem))
-            readings.append(make_reading(GATE_P95, "metrics", color, None, thresholds, now,
-                                         detail=problem))
-        else:
-            rate = error_rate(base, counters)
-            p95 = p95_ms(base, counters)
-            readings.append(make_reading(GATE_ERROR_RATE, "metrics", color, rate, thresholds,
-                                         now, detail=None if rate is not None else
-                                         "no sends or requests since the step began"))
-            readings.append(make_reading(GATE_P95, "metrics", color, p95, thresholds, now,
-                                         detail=None if p95 is not None else
-                                         "no acks since the step began"))
         row = self._server_row(self._stat_rows(), color)
         base_row = self._stat_base.get(color)
         rate = haproxy_5xx_rate(base_row, row) if base_row is not None else None

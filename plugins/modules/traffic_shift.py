@@ -58,21 +58,24 @@ options:
   max_error_rate:
     description:
       - Gate C(error_rate). Highest share of failed requests of the watched color, 0-1.
-      - "V(haproxy): (increase of C(chat_sends_total{outcome=error}) + increase of
+      - "From O(metrics_urls) (both drivers): (increase of
+        C(chat_sends_total{outcome=error}) + increase of
         C(chat_http_requests_total{status=5xx})) / (increase of all sends + all requests)
-        since the step began, from O(metrics_urls); and the share of 5xx among the
-        server's HTTP responses in HAProxy's C(show stat)."
-      - "V(elbv2): C(HTTPCode_Target_5XX_Count) / C(RequestCount) of the color's target
-        group in CloudWatch over the window (see O(cloudwatch_lookback))."
+        since the step began."
+      - "V(haproxy) also: the share of 5xx among the server's HTTP responses in HAProxy's
+        C(show stat), over the same time."
+      - "V(elbv2) also: C(HTTPCode_Target_5XX_Count) / C(RequestCount) of the color's
+        target group in CloudWatch over the window (see O(cloudwatch_lookback))."
     type: float
     default: 0.05
   max_p95_ms:
     description:
       - Gate C(p95_ms). Highest 95th percentile latency of the watched color, in
         milliseconds.
-      - V(haproxy) computes it from the increase of the C(chat_ack_latency_seconds)
-        histogram buckets since the step began; V(elbv2) reads the C(p95) statistic of
-        C(TargetResponseTime) (the worst period of the window).
+      - From O(metrics_urls) (both drivers), computed from the increase of the
+        C(chat_ack_latency_seconds) histogram buckets since the step began.
+      - V(elbv2) also reads the C(p95) statistic of C(TargetResponseTime) (the worst
+        period of the window).
     type: float
     default: 500
   alarm_names:
@@ -129,14 +132,16 @@ options:
     default: green
   metrics_urls:
     description:
-      - V(haproxy) only. Color (C(blue), C(green)) to the URL of that color's chat
-        C(/metrics) (Prometheus text). The source of the C(error_rate) and C(p95_ms)
-        gates; a color without a URL, or a URL that does not answer, gives readings
+      - Color (C(blue), C(green)) to the URL of that color's chat C(/metrics)
+        (Prometheus text), a source of the C(error_rate) and C(p95_ms) gates (source
+        C(metrics)); a color without a URL, or a URL that does not answer, gives readings
         without a value.
+      - V(haproxy) driver, the main source. V(elbv2) driver, optional, read besides
+        CloudWatch, whose ALB datapoints come only once a minute.
     type: dict
     default: {}
   metrics_timeout:
-    description: V(haproxy) only. Timeout in seconds of one C(/metrics) request.
+    description: Timeout in seconds of one C(/metrics) request.
     type: float
     default: 3
   listener_arn:
@@ -334,6 +339,9 @@ from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_
     RuntimeAPI,
     RuntimeAPIError,
 )
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_metrics import (
+    ChatMetrics,
+)
 from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_step import (
     StepFailed,
     run_step,
@@ -374,13 +382,18 @@ def haproxy_driver(module):
     p = module.params
     if not p["haproxy_socket"]:
         module.fail_json(msg="driver=haproxy needs haproxy_socket")
-    urls = {str(k): str(v) for k, v in (p["metrics_urls"] or {}).items()}
+    urls = metrics_urls(module)
+    return HAProxyDriver(RuntimeAPI(p["haproxy_socket"]), backend=p["backend"],
+                         servers={"blue": p["blue_server"], "green": p["green_server"]},
+                         metrics=ChatMetrics(urls, timeout=p["metrics_timeout"]))
+
+
+def metrics_urls(module):
+    urls = {str(k): str(v) for k, v in (module.params["metrics_urls"] or {}).items()}
     unknown = sorted(set(urls) - {"blue", "green"})
     if unknown:
         module.fail_json(msg="metrics_urls keys must be blue/green, got %s" % ", ".join(unknown))
-    return HAProxyDriver(RuntimeAPI(p["haproxy_socket"]), backend=p["backend"],
-                         servers={"blue": p["blue_server"], "green": p["green_server"]},
-                         metrics_urls=urls, metrics_timeout=p["metrics_timeout"])
+    return urls
 
 
 def elbv2_driver(module):
@@ -403,8 +416,10 @@ def elbv2_driver(module):
                                      "%s_target_group_name" % (color, color))
             arn = find_target_group_arn(elbv2, name)
         arns[color] = arn
+    urls = metrics_urls(module)
     return ELBv2Driver(elbv2, cloudwatch, listener_arn, arns, alarm_names=p["alarm_names"],
-                       period=p["cloudwatch_period"], lookback=p["cloudwatch_lookback"])
+                       period=p["cloudwatch_period"], lookback=p["cloudwatch_lookback"],
+                       metrics=ChatMetrics(urls, timeout=p["metrics_timeout"]) if urls else None)
 
 
 def main():

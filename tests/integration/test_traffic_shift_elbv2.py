@@ -19,7 +19,7 @@ import boto3
 import pytest
 
 from tests.conftest import Service
-from tests.integration.test_traffic_shift_haproxy import run_module
+from tests.integration.test_traffic_shift_haproxy import FakeChat, run_module, serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.aws]
 
@@ -208,3 +208,18 @@ def test_listener_and_target_groups_by_name(alb: Alb) -> None:
                       "green_target_group_name": alb.green_name})
     assert not res.get("failed"), res
     assert alb.weights() == {"blue": 0, "green": 100}
+
+
+def test_the_chats_own_metrics_gate_the_elbv2_step_too(alb: Alb) -> None:
+    """CloudWatch has nothing yet; green's /metrics already shows failing sends."""
+    green = FakeChat("green", faulty=True)
+    server, port = serve(green)
+    try:
+        res = run_module(alb.args(50, bake_seconds=30, poll_interval=0.3, metrics_urls={
+            "green": f"http://127.0.0.1:{port}/metrics"}))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert res.get("failed") is True
+    assert "gate error_rate breached on green (source metrics)" in res["msg"]
+    assert alb.weights() == {"blue": 90, "green": 10}

@@ -71,6 +71,13 @@ class FakeChat:
             ])
 
 
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """HAProxy's health checks hang up without reading the body: not an error."""
+
+
 def serve(chat: FakeChat) -> tuple[ThreadingHTTPServer, int]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -89,8 +96,7 @@ def serve(chat: FakeChat) -> tuple[ThreadingHTTPServer, int]:
             pass
 
     port = free_port()
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
+    server = QuietServer(("127.0.0.1", port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, port
 
