@@ -62,6 +62,7 @@
   const BACKOFF_CAP_MS = 15000;
   const ACK_TIMEOUT_MS = 10000;
   const GAP_WAIT_MS = 800;
+  const PAGE_SIZE = 1000;
   // Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^attempt)].
   const backoff = (attempt) =>
     Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(attempt, 16));
@@ -197,7 +198,10 @@
         break;
       case 'history':
         for (const m of f.messages || []) addMessage(m);
-        if (f.more) scheduleGapFill(0);
+        if (f.more && f.messages.length) {
+          // history stops after 1,000 messages; live frames resume later: fetch between
+          fillFrom(f.messages[f.messages.length - 1].seq).catch(() => {});
+        }
         break;
       case 'message':
         addMessage(f);
@@ -329,27 +333,33 @@
     placeBySeq(p.el, seq);
   }
 
+  // Every stored message after `since`, page by page (a full page means there is more).
+  async function fillFrom(since) {
+    let from = since;
+    for (let page = 0; page < 20; page += 1) {
+      const url = `/api/rooms/${encodeURIComponent(state.room)}/messages` +
+        `?since=${from}&limit=${PAGE_SIZE}`;
+      const res = await fetch(url, { headers: { Accept: 'application/json' } });
+      if (!res.ok) return;
+      const body = await res.json();
+      const list = Array.isArray(body) ? body : body.messages || [];
+      for (const m of list) addMessage(m);
+      if (list.length < PAGE_SIZE) return;
+      from = list[list.length - 1].seq;
+    }
+  }
+
   // A gap is usually a message still on its way from another instance, or a number the
   // server skipped after a failed write: wait a moment, then ask the server once.
   function scheduleGapFill(fromSeq) {
     if (state.gapTimer) return;
-    state.gapTimer = setTimeout(async () => {
+    state.gapTimer = setTimeout(() => {
       state.gapTimer = null;
-      const missing = [];
       for (let s = fromSeq + 1; s < state.lastSeq; s += 1) {
-        if (!state.bySeq.has(s)) missing.push(s);
-      }
-      if (missing.length === 0) return;
-      const since = missing[0] - 1;
-      const url = `/api/rooms/${encodeURIComponent(state.room)}/messages?since=${since}&limit=1000`;
-      try {
-        const res = await fetch(url, { headers: { Accept: 'application/json' } });
-        if (!res.ok) return;
-        const body = await res.json();
-        const list = Array.isArray(body) ? body : body.messages || [];
-        for (const m of list) addMessage(m);
-      } catch {
-        // the next reconnect resumes with since anyway
+        if (!state.bySeq.has(s)) {
+          fillFrom(s - 1).catch(() => {}); // the next reconnect resumes with since anyway
+          return;
+        }
       }
     }, GAP_WAIT_MS);
   }

@@ -3,6 +3,7 @@ instances (which serve site/ with their strict Content-Security-Policy)."""
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Page, WebSocketRoute, expect
 
 from tests.browser.conftest import haproxy_front
 from tests.chatstack import ChatInstance, ChatStack
@@ -309,3 +310,40 @@ def test_a_crashed_instance_is_left_with_backoff_and_the_page_resumes_with_since
         assert texts(tab) == ["one", "two, while you were away", "three"]
         tab.ok()
         other.ok()
+
+
+def test_a_frame_lost_on_the_way_is_fetched_over_http_and_shown_in_order(
+        browser: Browser, contexts: list[BrowserContext],
+        site_pair: tuple[ChatInstance, ChatInstance]) -> None:
+    """Drop one message frame between server and page: the page sees the gap in seq and
+    asks GET /api/rooms/<room>/messages?since= for it."""
+    blue, green = site_pair
+    room = new_room()
+    tab = open_tab(browser, contexts, green.url + "/")
+    dropped: list[int] = []
+
+    def intercept(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        def from_server(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame.get("type") == "message" and frame.get("text") == "lost" and not dropped:
+                dropped.append(frame["seq"])
+                return
+            ws.send(message)
+
+        server.on_message(from_server)
+
+    tab.page.route_web_socket(re.compile(r".*/ws\?.*"), intercept)
+    other = open_tab(browser, contexts, blue.url + "/")
+    join(tab, "reader", room)
+    join(other, "writer", room)
+    for text in ("first", "lost", "after"):
+        say(other, text)
+        expect(other.page.get_by_test_id("message-status").last).to_have_text("sent")
+    expect(tab.page.get_by_test_id("message-list")).to_contain_text("after")
+    expect(tab.page.get_by_test_id("message-list")).to_contain_text("lost")
+    assert dropped, "the frame was not intercepted"
+    assert texts(tab) == ["first", "lost", "after"]
+    tab.ok()
+    other.ok()
