@@ -2,7 +2,7 @@
 # ansible-test sanity for every plugin of the collection (modules and module_utils; new
 # modules are picked up as they are added under plugins/).
 #
-# ansible-test needs the collection at ansible_collections/<ns>/<name>: the tracked
+# ansible-test needs the collection at ansible_collections/<ns>/<name>: the
 # collection files are copied there, next to the collections we depend on (amazon.aws,
 # community.aws, ... as the PyPI `ansible` package ships them), and the sanity tests run
 # with the venv's Python. Each sanity test installs its pinned requirements from PyPI into
@@ -43,7 +43,12 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 dest="$work/ansible_collections/canarychat/platform"
 mkdir -p "$dest"
-git ls-files -z galaxy.yml meta plugins tests/sanity README.md | xargs -0 cp --parents -t "$dest"
+# Tracked files and new ones not yet added (but not ignored ones), so a module can be
+# checked before its first commit.
+git ls-files -z --cached --others --exclude-standard galaxy.yml meta plugins tests/sanity README.md |
+  while IFS= read -r -d '' f; do
+    if [ -e "$f" ]; then cp --parents "$f" "$dest"; fi  # skip files deleted, not committed
+  done
 # Collections we import from (module_utils of amazon.aws, ...), beside ours.
 site="$("$py" -c 'import ansible_collections, os; print(os.path.dirname(ansible_collections.__file__) if ansible_collections.__file__ else list(ansible_collections.__path__)[0])')"
 for coll in "$site"/*/*/galaxy.yml "$site"/*/*/MANIFEST.json; do
