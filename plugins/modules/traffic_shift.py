@@ -184,8 +184,9 @@ options:
     type: int
     default: 60
 notes:
-  - Check mode reads the weights and runs the pre-check, and writes nothing. With
-    C(--diff) the weights before and after are shown.
+  - Check mode reads the weights and runs the pre-check (failing as the real step would
+    when it refuses), and writes nothing. With C(--diff) the weights before and after are
+    shown.
   - A weight steers only new connections; WebSockets already open stay where they are.
   - When the weights already match, nothing is applied and no gate is read.
 extends_documentation_fragment:
