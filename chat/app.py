@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import random
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -414,6 +415,13 @@ async def serve_client(app: Sanic, request: Request, ws: Any) -> None:
     metrics.handshakes.inc()
     metrics.connections.inc()
     ctx.board.handshake()
+    if config.socket_sndbuf > 0:
+        # A fixed kernel buffer bounds each connection's memory and lets a client that
+        # stops reading show up as a stuck send (-> 1013) instead of megabytes of buffer.
+        sock = request.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.socket_sndbuf)
     client: Client | None = None
     connection_id: str | None = None
     live = False
@@ -429,7 +437,8 @@ async def serve_client(app: Sanic, request: Request, ws: Any) -> None:
             await ws.close(protocol.CLOSE_TRY_LATER, "storage unavailable")
             return
         client = Client(ws, user_id=user_id, name=join.name, room=join.room,
-                        queue_size=config.send_queue, metrics=metrics)
+                        queue_size=config.send_queue, metrics=metrics,
+                        slow_seconds=config.slow_seconds)
         room = rooms.join(client)
         client.start()
         client.offer(protocol.welcome_frame(

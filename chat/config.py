@@ -34,8 +34,11 @@ class Config:
     CHAT_TABLE_USER_COUNTER [user-counter], CHAT_ADMIN_TOKEN [unset: admin API off],
     CHAT_FAULT_RATE [0], CHAT_DRAIN_SECONDS [10], CHAT_STATIC_DIR [unset],
     CHAT_ALLOWED_ORIGINS [unset: same origin only; `*` allows any; else a comma list],
-    CHAT_SEND_QUEUE [256 frames per connection], CHAT_PING_INTERVAL [20 s],
+    CHAT_SEND_QUEUE [1000 frames per connection],
+    CHAT_SLOW_SECONDS [5: a send stuck this long while frames wait closes with 1013],
+    CHAT_PING_INTERVAL [20 s],
     CHAT_GAP_WAIT [0.3 s], CHAT_GAP_SKIP [5 s], CHAT_RATE_PER_S [5], CHAT_RATE_BURST [10],
+    CHAT_SOCKET_SNDBUF [65536 bytes of kernel send buffer per WebSocket; 0: OS default],
     CHAT_LOG_LEVEL [INFO].
     """
 
@@ -55,7 +58,9 @@ class Config:
     drain_seconds: float = 10.0
     static_dir: str | None = None
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
-    send_queue: int = 256
+    send_queue: int = 1000
+    slow_seconds: float = 5.0
+    socket_sndbuf: int = 65536
     ping_interval: float = 20.0
     gap_wait: float = 0.3
     gap_skip: float = 5.0
@@ -91,7 +96,9 @@ class Config:
             drain_seconds=_float(env, "CHAT_DRAIN_SECONDS", 10.0),
             static_dir=env.get("CHAT_STATIC_DIR") or None,
             allowed_origins=_origins(env.get("CHAT_ALLOWED_ORIGINS", "")),
-            send_queue=_int(env, "CHAT_SEND_QUEUE", 256),
+            send_queue=_int(env, "CHAT_SEND_QUEUE", 1000),
+            slow_seconds=_float(env, "CHAT_SLOW_SECONDS", 5.0),
+            socket_sndbuf=_int(env, "CHAT_SOCKET_SNDBUF", 65536),
             ping_interval=_float(env, "CHAT_PING_INTERVAL", 20.0),
             gap_wait=_float(env, "CHAT_GAP_WAIT", 0.3),
             gap_skip=_float(env, "CHAT_GAP_SKIP", 5.0),

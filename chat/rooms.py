@@ -32,7 +32,7 @@ class Client:
     """One WebSocket: a bounded queue drained by its own writer task."""
 
     def __init__(self, ws: Any, *, user_id: int, name: str, room: str, queue_size: int,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, slow_seconds: float = 5.0) -> None:
         self.ws = ws
         self.user_id = user_id
         self.name = name
@@ -44,6 +44,8 @@ class Client:
         self.close_code: int | None = None
         self.migrated = False
         self.writer: asyncio.Task[None] | None = None
+        self.slow_seconds = slow_seconds
+        self.sending_since: float | None = None  # a send in progress since (monotonic)
 
     def start(self) -> None:
         self.writer = asyncio.create_task(self._write(), name=f"writer-{self.user_id}")
@@ -52,15 +54,27 @@ class Client:
         try:
             while True:
                 frame = await self.queue.get()
+                self.sending_since = time.monotonic()
                 await self.ws.send(frame)
+                self.sending_since = None
         except asyncio.CancelledError:
             raise
         except Exception:
             self.closed = True  # the connection is gone; the handler cleans up
 
     def offer(self, frame: str) -> bool:
-        """Queue a frame without waiting; a full queue closes the client with 1013."""
+        """Queue a frame without waiting; a client that falls behind is closed with 1013.
+
+        Falling behind: its queue is full, or one send to it has not completed for
+        `slow_seconds` (its TCP window stays shut) while more frames are waiting. Frames
+        are shared str objects, so a long queue costs pointers, not copies.
+        """
         if self.closed:
+            return False
+        stuck = self.sending_since is not None and not self.queue.empty() \
+            and time.monotonic() - self.sending_since > self.slow_seconds
+        if stuck:
+            self.fail(protocol.CLOSE_TRY_LATER, "too slow to keep up")
             return False
         try:
             self.queue.put_nowait(frame)

@@ -1,15 +1,18 @@
 """MessageStore: the durable side of the chat, DynamoDB through aioboto3.
 
 - Each room's sequence number is an atomic ADD on the `room#<room>` counter in user-counter.
-- A message is written together with its idempotency record (connections table, key
-  `dedup#<room>#<client_id>`, 10 minutes) in one transaction, so a retried client_id finds
-  the seq of the original even after a Redis restart or on another instance.
+- Before its message is written, a client_id is claimed by an idempotency record
+  (connections table, key `dedup#<room>#<client_id>`, 10 minutes) pointing at its seq, so
+  a retried client_id finds the original seq even after a Redis restart or on another
+  instance. (No TransactWriteItems: half the cost on DynamoDB, and the emulator's
+  transactions are not thread-safe.)
 - A sequence number whose write failed gets a `void` item where possible, so readers skip
   it at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from contextlib import AsyncExitStack
@@ -26,6 +29,7 @@ from .tables import TTL_ATTRIBUTE, init_tables
 
 DEDUP_SECONDS = 600
 CONNECTION_TTL_SECONDS = 24 * 3600
+STALE_CLAIM_MS = 10_000  # a claimed client_id whose message never appeared
 
 
 class StoreUnavailable(Exception):
@@ -111,52 +115,97 @@ class MessageStore:
         item = r.get("Item")
         return int(item["n"]["N"]) if item else 0
 
-    async def _dedup_seq(self, room: str, client_id: str) -> int | None:
+    def _dedup_key(self, room: str, client_id: str) -> dict[str, Any]:
+        return {"connection_id": {"S": f"dedup#{room}#{client_id}"}}
+
+    async def _dedup(self, room: str, client_id: str) -> tuple[int, int] | None:
+        """(seq, claimed_at ms) of a live idempotency record, if any."""
         r = await self._call("get_item", TableName=self.connections,
-                             Key={"connection_id": {"S": f"dedup#{room}#{client_id}"}},
-                             ConsistentRead=True)
+                             Key=self._dedup_key(room, client_id), ConsistentRead=True)
         item = r.get("Item")
         if item and int(item["expires_at"]["N"]) > int(time.time()):
-            return int(item["seq"]["N"])
+            return int(item["seq"]["N"]), int(item["claimed_at"]["N"])
         return None
+
+    async def _claim(self, room: str, client_id: str, seq: int, replaces: int | None) -> bool:
+        """Point the client_id at `seq`; False if a live record points elsewhere."""
+        now = int(time.time())
+        if replaces is None:
+            cond = "attribute_not_exists(connection_id) OR expires_at < :now"
+            values = {":now": {"N": str(now)}}
+        else:
+            cond = "seq = :old"
+            values = {":old": {"N": str(replaces)}}
+        try:
+            await self.client.put_item(
+                TableName=self.connections,
+                Item={**self._dedup_key(room, client_id), "seq": {"N": str(seq)},
+                      "claimed_at": {"N": str(_now_ms())},
+                      "expires_at": {"N": str(now + DEDUP_SECONDS)},
+                      TTL_ATTRIBUTE: {"N": str(now + DEDUP_SECONDS + 60)}},
+                ConditionExpression=cond, ExpressionAttributeValues=values)
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise StoreUnavailable(f"put_item: {e}") from e
+        except (TimeoutError, BotoCoreError, OSError) as e:
+            raise StoreUnavailable(f"put_item: {e}") from e
+
+    async def _status(self, room: str, seq: int) -> str:
+        """'stored', 'void' or 'missing' for one sequence number."""
+        r = await self._call("get_item", TableName=self.messages, ConsistentRead=True,
+                             Key={"room": {"S": room}, "seq": {"N": str(seq)}})
+        item = r.get("Item")
+        return "missing" if item is None else "void" if "void" in item else "stored"
 
     async def append(self, *, room: str, user_id: int, name: str, text: str, client_id: str,
                      color: str) -> Appended:
-        """Store a message under the room's next seq, or find the seq of its first send."""
-        seq = await self._dedup_seq(room, client_id)
-        if seq is not None:
-            return Appended(seq, 0, True, None)
-        seq = await self._add(f"room#{room}")
+        """Store a message under the room's next seq, or find the seq of its first send.
+
+        Normal path, three writes: the atomic ADD, the idempotency record (claimed only if
+        no live record exists), the message. A resend finds the record: if its message is
+        stored, the first seq is returned (never stored twice); if that attempt failed
+        (void, or missing for longer than STALE_CLAIM_MS) this send takes the record over;
+        if it is still in flight, this waits for it (bounded). A number this send took
+        and cannot use is marked void, so readers skip it at once.
+        """
+        deadline = time.monotonic() + 5.0
+        replaces: int | None = None
+        while True:
+            seq = await self._add(f"room#{room}")
+            if await self._claim(room, client_id, seq, replaces):
+                break
+            await self._void(room, seq)
+            while True:
+                held = await self._dedup(room, client_id)
+                if held is None:
+                    replaces = None
+                    break
+                first, claimed_at = held
+                status = await self._status(room, first)
+                if status == "stored":
+                    return Appended(first, 0, True, None)
+                if status == "void" or _now_ms() - claimed_at > STALE_CLAIM_MS:
+                    replaces = first
+                    break
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable("an earlier send of this client_id is in flight")
+                await asyncio.sleep(0.1)
         ts = _now_ms()
-        now = int(time.time())
         frame = message_frame(room=room, seq=seq, user_id=user_id, name=name, text=text, ts=ts,
                               color=color)
         try:
-            await self.client.transact_write_items(TransactItems=[
-                {"Put": {"TableName": self.messages, "Item": {
-                    "room": {"S": room}, "seq": {"N": str(seq)}, "user_id": {"N": str(user_id)},
-                    "name": {"S": name}, "text": {"S": text}, "ts": {"N": str(ts)},
-                    "color": {"S": color}, "client_id": {"S": client_id}},
-                    "ConditionExpression": "attribute_not_exists(seq)"}},
-                {"Put": {"TableName": self.connections, "Item": {
-                    "connection_id": {"S": f"dedup#{room}#{client_id}"},
-                    "seq": {"N": str(seq)}, "expires_at": {"N": str(now + DEDUP_SECONDS)},
-                    TTL_ATTRIBUTE: {"N": str(now + DEDUP_SECONDS + 60)}},
-                    "ConditionExpression": "attribute_not_exists(connection_id) OR "
-                                           "expires_at < :now",
-                    "ExpressionAttributeValues": {":now": {"N": str(now)}}}},
-            ])
-        except ClientError as e:
+            await self.client.put_item(
+                TableName=self.messages,
+                Item={"room": {"S": room}, "seq": {"N": str(seq)},
+                      "user_id": {"N": str(user_id)}, "name": {"S": name},
+                      "text": {"S": text}, "ts": {"N": str(ts)}, "color": {"S": color},
+                      "client_id": {"S": client_id}},
+                ConditionExpression="attribute_not_exists(seq)")
+        except (TimeoutError, BotoCoreError, ClientError, OSError) as e:
             await self._void(room, seq)
-            if e.response.get("Error", {}).get("Code") == "TransactionCanceledException":
-                # The same client_id won a race on another connection: report its seq.
-                first = await self._dedup_seq(room, client_id)
-                if first is not None:
-                    return Appended(first, 0, True, None)
-            raise StoreUnavailable(f"transact_write_items: {e}") from e
-        except (TimeoutError, BotoCoreError, OSError) as e:
-            await self._void(room, seq)
-            raise StoreUnavailable(f"transact_write_items: {e}") from e
+            raise StoreUnavailable(f"put_item: {e}") from e
         return Appended(seq, ts, False, frame)
 
     async def _void(self, room: str, seq: int) -> None:

@@ -31,20 +31,26 @@ CHAT_* variable (e.g. CHAT_SEND_QUEUE, CHAT_FAULT_RATE).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import REPO, Service, free_port, wait_for_http
 
@@ -185,8 +191,6 @@ class ChatStack:
 
 
 def wait_until_ready(inst: ChatInstance, timeout: float = 30.0) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if inst.proc.poll() is not None:
@@ -210,3 +214,94 @@ def chat_stack(redis_server: Service, moto_server: Service,
 @pytest.fixture(scope="module")
 def chat_pair(chat_stack: ChatStack) -> tuple[ChatInstance, ChatInstance]:
     return chat_stack.start("blue"), chat_stack.start("green")
+
+
+# --------------------------------------------------------------------------- test client
+
+
+class ChatClient:
+    """A small WebSocket chat client for tests (websockets' asyncio client).
+
+    ``await ChatClient.connect(url)`` reads ``welcome`` and ``history``, then a reader task
+    records every frame: ``messages`` (seq -> frame, live and history), ``seqs`` (in arrival
+    order on this connection), ``acks`` (client_id -> seq), ``errors``, ``presence``,
+    ``migrates``; ``close_code`` once closed. ``wait_for(pred)`` polls a predicate.
+    """
+
+    def __init__(self, ws: Any, welcome: dict[str, Any], history: dict[str, Any]) -> None:
+        self.ws = ws
+        self.welcome = welcome
+        self.history = history
+        self.messages: dict[int, dict[str, Any]] = {
+            m["seq"]: m for m in history["messages"]}
+        self.seqs: list[int] = [m["seq"] for m in history["messages"]]
+        self.acks: dict[str, int] = {}
+        self.errors: list[dict[str, Any]] = []
+        self.presence: list[dict[str, Any]] = []
+        self.migrates = 0
+        self.frames: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+        self._reader: Any = None
+
+    @classmethod
+    async def connect(cls, url: str, read: bool = True, **kwargs: Any) -> ChatClient:
+        ws = await websockets.connect(url, open_timeout=10, **kwargs)
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        history = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert welcome["type"] == "welcome", welcome
+        assert history["type"] == "history", history
+        client = cls(ws, welcome, history)
+        if read:
+            client.start_reading()
+        return client
+
+    def start_reading(self) -> None:
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                frame = json.loads(raw)
+                self.frames.append(frame)
+                kind = frame.get("type")
+                if kind == "message":
+                    self.seqs.append(frame["seq"])
+                    self.messages.setdefault(frame["seq"], frame)
+                elif kind == "ack":
+                    self.acks[frame["client_id"]] = frame["seq"]
+                elif kind == "error":
+                    self.errors.append(frame)
+                elif kind == "presence":
+                    self.presence.append(frame)
+                elif kind == "migrate":
+                    self.migrates += 1
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code if self.ws.close_code is not None else 1006
+
+    async def send_json(self, obj: Any) -> None:
+        await self.ws.send(json.dumps(obj))
+
+    async def send(self, text: str, client_id: str | None = None) -> str:
+        client_id = client_id or uuid.uuid4().hex
+        await self.send_json({"type": "send", "text": text, "client_id": client_id})
+        return client_id
+
+    async def wait_for(self, pred: Any, within: float = 10.0, what: str = "") -> None:
+        deadline = time.monotonic() + within
+        while not pred():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what or pred}")
+            await asyncio.sleep(0.02)
+
+    async def closed(self, within: float = 10.0) -> int:
+        await self.wait_for(lambda: self.close_code is not None, within, "close")
+        assert self.close_code is not None
+        return self.close_code
+
+    async def close(self) -> None:
+        await self.ws.close()
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await self._reader
