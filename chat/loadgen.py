@@ -41,12 +41,13 @@ import random
 import signal
 import sys
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -147,6 +148,7 @@ class UserTrack:
     duplicated: int = 0
     out_of_order: int = 0
     overlap_dropped: int = 0
+    anomalies: list[dict[str, Any]] = field(default_factory=list)  # first few, for debugging
 
     def on_welcome(self, frame: dict[str, Any]) -> None:
         if self.join_seq is None:
@@ -159,10 +161,15 @@ class UserTrack:
         """Account one ``message`` (live or from ``history``); True if it is new to the user."""
         seq = int(frame["seq"])
         if seq <= conn.last_seq:
-            if seq in conn.seen:
+            kind = "duplicated" if seq in conn.seen else "out_of_order"
+            if kind == "duplicated":
                 self.duplicated += 1
             else:
                 self.out_of_order += 1
+            if len(self.anomalies) < 10:
+                self.anomalies.append({"kind": kind, "seq": seq, "after": conn.last_seq,
+                                       "since": conn.since, "color": frame.get("color"),
+                                       "room": self.room})
         conn.last_seq = max(conn.last_seq, seq)
         conn.seen.add(seq)
         if not self.received.add(seq):
@@ -196,7 +203,9 @@ def account(users: Iterable[UserTrack], acked: dict[str, set[int]]) -> dict[str,
     expected = delivered = duplicated = out_of_order = overlap = 0
     lost = 0
     missed: dict[str, Counter[int]] = {}
+    anomalies: list[dict[str, Any]] = []
     for u in users:
+        anomalies.extend(u.anomalies[:20 - len(anomalies)])
         room_acked = acked.get(u.room, set())
         exp = u.expected(room_acked)
         seqs = u.missing_seqs(room_acked)
@@ -212,6 +221,7 @@ def account(users: Iterable[UserTrack], acked: dict[str, set[int]]) -> dict[str,
     return {"expected_deliveries": expected, "delivered": delivered, "lost": lost,
             "duplicated": duplicated, "out_of_order": out_of_order,
             "overlap_dropped": overlap,
+            "order_anomalies": anomalies,
             "lost_seqs": {room: {str(k): v for k, v in sorted(c.items())[:20]}
                           for room, c in missed.items()}}
 
@@ -231,6 +241,25 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
 
 
 # --------------------------------------------------------------------------- simulation
+
+HTTP_PAGE = 1000
+
+
+def api_messages_url(ws_url: str, room: str, since: int, limit: int) -> str:
+    """``ws://host/ws`` -> ``http://host/api/rooms/<room>/messages?since=&limit=``."""
+    parts = urlsplit(ws_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    base = parts.path[:-3] if parts.path.endswith("/ws") else parts.path.rstrip("/")
+    path = f"{base}/api/rooms/{quote(room, safe='')}/messages"
+    return urlunsplit((scheme, parts.netloc, path,
+                       urlencode({"since": since, "limit": limit}), ""))
+
+
+def _get_json(url: str) -> Any:
+    req = urllib.request.Request(url, headers={"Accept": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
 
 
 @dataclass
@@ -272,6 +301,7 @@ class Stats:
     sent: int = 0                      # distinct messages sent (client_ids)
     send_frames: int = 0               # including retries
     retries: int = 0
+    http_fills: int = 0                # pages fetched over HTTP after a history with more
     acked: int = 0
     rejected: int = 0                  # invalid / too_long: never acked, not retried
     errors: Counter[str] = field(default_factory=Counter)
@@ -282,8 +312,10 @@ class Stats:
 class _Conn:
     """One WebSocket of a user with its reader task."""
 
-    def __init__(self, ws: ClientConnection, track: ConnTrack, welcome: dict[str, Any]) -> None:
+    def __init__(self, ws: ClientConnection, track: ConnTrack, welcome: dict[str, Any],
+                 url: str) -> None:
         self.ws = ws
+        self.url = url
         self.track = track
         self.welcome = welcome
         self.color = str(welcome.get("color", "?"))
@@ -331,7 +363,8 @@ class SimUser:
         cfg, st = self.lg.cfg, self.lg.stats
         since = self.track.last_seq if self.track.join_seq is not None else None
         try:
-            ws = await connect(self._ws_url(),
+            url = self._ws_url()
+            ws = await connect(url,
                                origin=Origin(cfg.origin) if cfg.origin else None,
                                compression=None,
                                proxy=None, open_timeout=cfg.connect_timeout,
@@ -356,7 +389,7 @@ class SimUser:
             raise ConnectionError(f"no welcome: {e}") from e
         st.handshakes += 1
         self.track.on_welcome(welcome)
-        conn = _Conn(ws, ConnTrack(since), welcome)
+        conn = _Conn(ws, ConnTrack(since), welcome, url)
         color = conn.color
         st.new_by_color[color] += 1
         st.timeline.append((int(time.time() * 1000), color, why))
@@ -391,8 +424,13 @@ class SimUser:
                     user.on_message(track, f, time.time() * 1000, lat)
                 elif t == "history":
                     now = time.time() * 1000
-                    for m in f.get("messages") or ():
+                    hist = f.get("messages") or []
+                    for m in hist:
                         user.on_message(track, m, now, lat)
+                    if f.get("more") and hist:
+                        # history stops at 1,000 messages and live frames start later:
+                        # the ones between come from the HTTP API, like the web client
+                        self.lg.background(self._fill_after(conn.url, int(hist[-1]["seq"])))
                 elif t == "ack":
                     self._on_reply(f)
                 elif t == "error":
@@ -413,6 +451,24 @@ class SimUser:
             code = "none" if rcvd is None else str(rcvd)
             self.lg.stats.close_codes[code] += 1
             conn.closed.set()
+
+    async def _fill_after(self, ws_url: str, since: int) -> None:
+        track = ConnTrack(since)        # its own order check: pages come in seq order
+        for _ in range(100):
+            url = api_messages_url(ws_url, self.room, since, HTTP_PAGE)
+            try:
+                body = await asyncio.to_thread(_get_json, url)
+            except Exception as e:
+                self.lg.stats.errors[f"http_fill_{type(e).__name__}"] += 1
+                return
+            self.lg.stats.http_fills += 1
+            msgs = body.get("messages", []) if isinstance(body, dict) else body
+            now = time.time() * 1000
+            for m in msgs:
+                self.track.on_message(track, m, now, self.lg.latency)
+            if len(msgs) < HTTP_PAGE:
+                return
+            since = int(msgs[-1]["seq"])
 
     def _on_reply(self, f: dict[str, Any]) -> None:
         cid = f.get("client_id")
@@ -727,7 +783,7 @@ class LoadGen:
             "scheduled": st.scheduled, "skipped_backlog": st.skipped_backlog,
             "unsent_at_stop": st.unsent_at_stop,
             "sent": st.sent, "send_frames": st.send_frames, "retries": st.retries,
-            "acked": st.acked, "rejected": st.rejected,
+            "acked": st.acked, "rejected": st.rejected, "http_fills": st.http_fills,
             **totals,
             "latency_ms": {**lat, "basis": "receive wall clock - message ts (server clock)"},
             "ack_latency_ms": {**ack, "basis": "local clock, first send to ack"},

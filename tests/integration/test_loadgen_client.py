@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
 
 from chat.loadgen import LoadGenConfig, exit_code, run_loadgen
 from tests.conftest import free_port
@@ -34,6 +35,9 @@ class Peer:
     drop_all_after: int | None = None     # close everyone with 1012 after N stored messages
     duplicate_seq: int | None = None      # deliver this seq twice to the first client
     skip_seq: int | None = None           # never deliver this seq to the first client
+    history_cap: int = 1000               # history after `since` stops here, with more=true
+    drop_half_after: int | None = None    # close every other client after N stored messages
+    refuse_until: float = 0.0             # monotonic time until which handshakes get 503
     seq: int = 0
     messages: list[dict[str, Any]] = field(default_factory=list)
     ids: dict[str, int] = field(default_factory=dict)
@@ -43,6 +47,7 @@ class Peer:
     fired: bool = False
     ten_stored: asyncio.Event = field(default_factory=asyncio.Event)
     next_user: int = 0
+    http_requests: int = 0
 
     async def handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
@@ -56,9 +61,13 @@ class Peer:
                                    "room": room, "color": self.color, "version": "v1",
                                    "server": "peer", "seq": self.seq}))
         hist = [m for m in self.messages if since is None or m["seq"] > since]
+        more = False
         if since is None:
             hist = hist[-50:]
-        out.put_nowait(json.dumps({"type": "history", "messages": hist}))
+        elif len(hist) >= self.history_cap:
+            # like the real server: the first N after since, then live from now on
+            hist, more = hist[:self.history_cap], True
+        out.put_nowait(json.dumps({"type": "history", "messages": hist, "more": more}))
         if self.first is None:
             self.first = out
         self.clients.append(out)
@@ -90,6 +99,19 @@ class Peer:
             out.put_nowait(None)
             await writer
 
+    def http(self, connection: ServerConnection, request: Request) -> Response | None:
+        """GET /api/rooms/<room>/messages?since=&limit= (the one room there is)."""
+        url = urlsplit(request.path)
+        if url.path == "/ws" and time.monotonic() < self.refuse_until:
+            return connection.respond(503, "try later")
+        if not url.path.startswith("/api/rooms/"):
+            return None
+        q = parse_qs(url.query)
+        since, limit = int(q["since"][0]), int(q["limit"][0])
+        self.http_requests += 1
+        page = [m for m in self.messages if m["seq"] > since][:limit]
+        return connection.respond(200, json.dumps({"messages": page}))
+
     def _fan_out(self, m: dict[str, Any]) -> None:
         frame = json.dumps(m)
         for c in self.clients:
@@ -111,6 +133,12 @@ class Peer:
             self.fired = True
             for c in self.clients:
                 c.put_nowait("__close_1012__")
+        if self.drop_half_after is not None and self.seq >= self.drop_half_after:
+            # the others keep talking while these cannot get back in for a moment
+            self.fired = True
+            self.refuse_until = time.monotonic() + 0.7
+            for c in self.clients[::2]:
+                c.put_nowait("__close_1012__")
 
     async def _write(self, ws: ServerConnection, out: asyncio.Queue[str | None]) -> None:
         while (frame := await out.get()) is not None:
@@ -126,7 +154,8 @@ class Peer:
 @asynccontextmanager
 async def running(peer: Peer) -> AsyncIterator[str]:
     port = free_port()
-    async with serve(peer.handler, "127.0.0.1", port, compression=None):
+    async with serve(peer.handler, "127.0.0.1", port, compression=None,
+                     process_request=peer.http):
         yield f"ws://127.0.0.1:{port}/ws"
 
 
@@ -186,6 +215,15 @@ async def test_churn_reconnects_make_before_break_and_loses_nothing() -> None:
     assert r["handshakes"] == 6 + r["churns"] == sum(r["new_connections_by_color"].values())
     assert len(r["new_connections"]) == r["handshakes"]
     assert {why for _, _, why in r["new_connections"]} == {"join", "churn"}
+    assert r["lost"] == r["duplicated"] == r["out_of_order"] == 0 and exit_code(r) == 0
+
+
+async def test_history_with_more_is_completed_over_http() -> None:
+    peer = Peer(drop_half_after=10, history_cap=1)
+    async with running(peer) as url:
+        r = await run_loadgen(cfg(url, duration=2.5))
+    assert r["reconnects"] == 3 and r["failed_handshakes_by_reason"].get("http_503", 0) >= 3
+    assert r["http_fills"] >= 3 and peer.http_requests == r["http_fills"]
     assert r["lost"] == r["duplicated"] == r["out_of_order"] == 0 and exit_code(r) == 0
 
 

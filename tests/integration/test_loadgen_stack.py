@@ -39,7 +39,8 @@ async def test_twenty_users_across_blue_and_green_lose_and_repeat_nothing(
     assert r["sent"] >= 90 and r["acked"] == r["sent"]
     # every user got every acked message of its room: messages crossed instances via Redis
     assert r["expected_deliveries"] == 20 * r["acked"] == r["delivered"]
-    assert r["lost"] == 0 and r["duplicated"] == 0 and r["out_of_order"] == 0
+    assert r["lost"] == 0 and r["duplicated"] == 0 and r["out_of_order"] == 0, (
+        r["order_anomalies"], r["lost_seqs"])
     assert r["unexpected_closes"] == 0
     assert r["latency_ms"]["p99"] is not None
     assert exit_code(r) == 0
@@ -75,7 +76,8 @@ async def test_drain_of_green_moves_its_users_to_blue_without_loss(
                                 {"color": "green"})
     assert lg.stats.migrations >= 10
     assert r["connections_by_color"] == {"blue": 20}
-    assert r["lost"] == 0 and r["duplicated"] == 0 and r["out_of_order"] == 0
+    assert r["lost"] == 0 and r["duplicated"] == 0 and r["out_of_order"] == 0, (
+        r["order_anomalies"], r["lost_seqs"])
     assert r["unexpected_closes"] == 0
     assert exit_code(r) == 0
 
