@@ -141,6 +141,9 @@ def _problem(status: int, message: str, **extra: Any) -> HTTPResponse:
 
 def create_app(config: Config) -> Sanic:
     app = Sanic(f"canary_chat_{next(_app_ids)}", configure_logging=False)
+    # Enabling WebSockets ourselves keeps Sanic from registering its own before_server_stop
+    # listener that cancels every WebSocket handler: our drain must run first.
+    app.websocket_enabled = True
     app.config.update(
         WEBSOCKET_MAX_SIZE=protocol.MAX_FRAME,
         WEBSOCKET_PING_INTERVAL=config.ping_interval,
