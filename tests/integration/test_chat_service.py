@@ -341,3 +341,29 @@ async def test_storage_down_answers_unavailable_and_retry_succeeds(chat_stack, m
 def _ready(inst: ChatInstance) -> tuple[int, dict]:
     status, body = inst.get("/readyz")
     return status, json.loads(body)
+
+
+def test_static_site_is_served_at_root_and_board(chat_stack: ChatStack, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<!doctype html><title>chat</title>")
+    (site / "board.html").write_text("<!doctype html><title>board</title>")
+    (site / "app.js").write_text("console.log(1);")
+    inst = chat_stack.start("blue", static=site)
+    try:
+        status, body, headers = http("GET", inst.url + "/")
+        assert status == 200 and b"<title>chat</title>" in body
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        status, body, _ = http("GET", inst.url + "/board")
+        assert status == 200 and b"<title>board</title>" in body
+        status, body, headers = http("GET", inst.url + "/app.js")
+        assert status == 200 and "javascript" in headers["Content-Type"]
+        assert http("GET", inst.url + "/healthz")[0] == 200  # routes win over files
+        assert http("GET", inst.url + "/../../etc/passwd")[0] in (400, 404)
+    finally:
+        inst.stop()
+
+
+def test_init_tables_is_idempotent(chat_stack: ChatStack):
+    chat_stack.init_tables()  # the fixture already ran it once
+    chat_stack.init_tables()
