@@ -1,0 +1,173 @@
+"""Room fan-out in-process, on a real MessageStore (moto server): order, gap fill, skip,
+encode-once, slow-client isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from chat import protocol
+from chat.config import Config
+from chat.metrics import Metrics
+from chat.rooms import Client, Room, Rooms
+from chat.store import MessageStore
+from tests.conftest import Service
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+class FakeWs:
+    """Stands in for Sanic's WebSocket: records what the writer sends."""
+
+    def __init__(self, block: bool = False) -> None:
+        self.sent: list[str] = []
+        self.block = asyncio.Event()
+        if not block:
+            self.block.set()
+        self.failed: int | None = None
+
+    async def send(self, frame: str) -> None:
+        await self.block.wait()
+        self.sent.append(frame)
+
+    def fail_connection(self, code: int, reason: str = "") -> None:
+        self.failed = code
+
+    async def close(self, code: int, reason: str = "") -> None:
+        self.failed = code
+
+
+@pytest.fixture
+async def store(moto_server: Service) -> AsyncIterator[MessageStore]:
+    s = MessageStore(Config(dynamodb_endpoint=moto_server.url))
+    await s.start()
+    await s.init_tables()
+    yield s
+    await s.close()
+
+
+def make_rooms(store: MessageStore, **cfg: Any) -> Rooms:
+    config = Config(dynamodb_endpoint=store.config.dynamodb_endpoint,
+                    **{"gap_wait": 0.05, "gap_skip": 1.0, **cfg})
+
+    async def presence(room: str) -> dict[str, int]:
+        return {}
+
+    return Rooms(config, store, Metrics("blue", "v1"), presence)
+
+
+async def add_client(rooms: Rooms, room: str, ws: FakeWs, queue: int = 100) -> tuple[Client,
+                                                                                   Room]:
+    c = Client(ws, user_id=1, name="n", room=room, queue_size=queue, metrics=rooms.metrics,
+               slow_seconds=0.5)
+    r = rooms.join(c)
+    c.start()
+    await r.ensure_initialised()
+    _, last, _ = await r.history(None)
+    r.go_live(c, last)
+    return c, r
+
+
+async def store_message(store: MessageStore, room: str, text: str) -> tuple[int, str, int]:
+    res = await store.append(room=room, user_id=7, name="w", text=text,
+                             client_id=uuid.uuid4().hex, color="green")
+    assert res.frame is not None
+    return res.seq, protocol.encode(res.frame), res.ts
+
+
+def seqs(ws: FakeWs) -> list[int]:
+    return [json.loads(f)["seq"] for f in ws.sent if '"type":"message"' in f]
+
+
+async def until(pred, within: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    while not pred():
+        assert loop.time() < end, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_out_of_order_arrival_is_delivered_in_order_with_gap_filled_from_store(store):
+    rooms = make_rooms(store)
+    room = "g-" + uuid.uuid4().hex[:8]
+    ws = FakeWs()
+    await add_client(rooms, room, ws)
+    m1, m2, m3 = [await store_message(store, room, f"t{i}") for i in range(3)]
+    r = rooms.rooms[room]
+    r.offer(*m3)  # 3 arrives first: held
+    r.offer(*m1)  # 1 is delivered at once
+    await until(lambda: seqs(ws) == [m1[0]])
+    # 2 never comes over the bus: the room reads it from the store after gap_wait
+    await until(lambda: seqs(ws) == [m1[0], m2[0], m3[0]])
+    r.offer(*m2)  # a late duplicate is dropped
+    r.offer(*m3)
+    await asyncio.sleep(0.1)
+    assert seqs(ws) == [m1[0], m2[0], m3[0]]
+
+
+async def test_a_number_that_never_gets_stored_is_skipped_after_the_bounded_wait(store):
+    rooms = make_rooms(store, gap_skip=0.5)
+    room = "s-" + uuid.uuid4().hex[:8]
+    ws = FakeWs()
+    await add_client(rooms, room, ws)
+    m1 = await store_message(store, room, "a")
+    burned = await store._add(f"room#{room}")  # a seq whose write "failed": never stored
+    m3 = await store_message(store, room, "c")
+    r = rooms.rooms[room]
+    r.offer(*m1)
+    r.offer(*m3)
+    await until(lambda: seqs(ws) == [m1[0]])
+    await asyncio.sleep(0.2)
+    assert seqs(ws) == [m1[0]]  # still waiting for `burned`
+    await until(lambda: seqs(ws) == [m1[0], m3[0]], within=3)
+    assert burned == m1[0] + 1
+
+
+async def test_a_void_number_is_skipped_at_once(store):
+    rooms = make_rooms(store, gap_skip=30)
+    room = "v-" + uuid.uuid4().hex[:8]
+    ws = FakeWs()
+    await add_client(rooms, room, ws)
+    m1 = await store_message(store, room, "a")
+    burned = await store._add(f"room#{room}")
+    await store._void(room, burned)
+    m3 = await store_message(store, room, "c")
+    r = rooms.rooms[room]
+    r.offer(*m1)
+    r.offer(*m3)
+    await until(lambda: seqs(ws) == [m1[0], m3[0]], within=3)
+
+
+async def test_each_message_is_encoded_once_for_all_recipients(store):
+    rooms = make_rooms(store)
+    room = "e-" + uuid.uuid4().hex[:8]
+    a, b = FakeWs(), FakeWs()
+    await add_client(rooms, room, a)
+    await add_client(rooms, room, b)
+    m1 = await store_message(store, room, "shared")
+    rooms.rooms[room].offer(*m1)
+    await until(lambda: seqs(a) and seqs(b))
+    msg_a = next(f for f in a.sent if '"type":"message"' in f)
+    msg_b = next(f for f in b.sent if '"type":"message"' in f)
+    assert msg_a is msg_b  # the very same str object
+
+
+async def test_stuck_client_is_failed_1013_and_the_others_are_not_delayed(store):
+    rooms = make_rooms(store)
+    room = "k-" + uuid.uuid4().hex[:8]
+    stuck, ok = FakeWs(block=True), FakeWs()
+    c_stuck, _ = await add_client(rooms, room, stuck, queue=5)
+    await add_client(rooms, room, ok, queue=5)
+    r = rooms.rooms[room]
+    base = r.next_seq
+    assert base is not None
+    for i in range(20):
+        r.offer(base + i, protocol.encode({"type": "message", "seq": base + i}), 0)
+        await asyncio.sleep(0.05)  # the healthy writer keeps up
+    assert stuck.failed == protocol.CLOSE_TRY_LATER and c_stuck.closed
+    assert seqs(ok) == list(range(base, base + 20))
