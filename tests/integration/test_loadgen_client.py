@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,7 +25,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from chat.loadgen import LoadGenConfig, exit_code, run_loadgen
-from tests.conftest import free_port
+from tests.conftest import REPO, free_port
 
 
 @dataclass
@@ -252,3 +255,26 @@ async def test_stop_ends_an_open_ended_run_with_a_report() -> None:
         holder[0].stop()
         r = await asyncio.wait_for(task, 10)
     assert r["sent"] >= 10 and r["lost"] == 0 and exit_code(r) == 0
+
+
+async def test_cli_runs_until_sigterm_then_drains_and_reports(tmp_path: Path) -> None:
+    peer = Peer()
+    out = tmp_path / "report.json"
+    async with running(peer) as url:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "chat", "loadgen", "--url", url, "--users", "4",
+            "--rate", "20", "--duration", "0", "--ramp", "0.2", "--json", str(out),
+            cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        try:
+            await asyncio.wait_for(peer.ten_stored.wait(), 30)
+            proc.send_signal(signal.SIGTERM)
+            stdout, _ = await asyncio.wait_for(proc.communicate(), 30)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, stdout.decode()
+    report = json.loads(out.read_text())
+    assert report["sent"] >= 10 and report["acked"] == report["sent"]
+    assert report["lost"] == 0 and report["connected"] == 4
+    assert "LOST" in stdout.decode()
