@@ -131,9 +131,10 @@ class ConnTrack:
     since: int | None
     last_seq: int = -1
     seen: SeqSet = field(default_factory=SeqSet)
+    base: int | None = None           # where the compact part of `seen` starts
 
     def __post_init__(self) -> None:
-        self.seen = SeqSet(self.since or 0)
+        self.seen = SeqSet(self.base if self.base is not None else (self.since or 0))
 
 
 @dataclass
@@ -389,7 +390,9 @@ class SimUser:
             raise ConnectionError(f"no welcome: {e}") from e
         st.handshakes += 1
         self.track.on_welcome(welcome)
-        conn = _Conn(ws, ConnTrack(since), welcome, url)
+        # an old, busy room: keep the bitmap small (history before the join is only 50)
+        base = since if since is not None else max(0, int(welcome.get("seq") or 0) - 100)
+        conn = _Conn(ws, ConnTrack(since, base=base), welcome, url)
         color = conn.color
         st.new_by_color[color] += 1
         st.timeline.append((int(time.time() * 1000), color, why))
