@@ -26,7 +26,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ReadOnlyError, RedisError
 
 from .config import Config
 
@@ -54,9 +56,14 @@ class RoomBus:
         self.on_presence = on_presence
         self.on_control = on_control
         self.on_reconnect = on_reconnect
+        # After an ElastiCache failover the old primary answers READONLY until we
+        # reconnect: retrying on ReadOnlyError drops the connection and resolves the
+        # primary endpoint's DNS again.
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             config.redis_url, decode_responses=True, socket_timeout=3,
-            socket_connect_timeout=2, health_check_interval=10)
+            socket_connect_timeout=2, health_check_interval=10,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+            retry_on_error=[ReadOnlyError])
         self.connected = asyncio.Event()
         self.local_presence: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
