@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -347,3 +348,44 @@ def test_a_frame_lost_on_the_way_is_fetched_over_http_and_shown_in_order(
     assert texts(tab) == ["first", "lost", "after"]
     tab.ok()
     other.ok()
+
+
+def test_own_message_shows_sending_until_the_server_confirms_it(
+        browser: Browser, contexts: list[BrowserContext],
+        site_pair: tuple[ChatInstance, ChatInstance]) -> None:
+    """Hold the server's ack (and the echo) back: the bubble says sending… until they pass."""
+    blue, _ = site_pair
+    tab = open_tab(browser, contexts, blue.url + "/")
+    held: list[str | bytes] = []
+    routes: list[WebSocketRoute] = []
+
+    def intercept(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+        routes.append(ws)
+
+        def from_server(message: str | bytes) -> None:
+            if json.loads(message).get("type") in ("ack", "message"):
+                held.append(message)
+                return
+            ws.send(message)
+
+        server.on_message(from_server)
+
+    tab.page.route_web_socket(re.compile(r".*/ws\?.*"), intercept)
+    join(tab, "patient", new_room())
+    say(tab, "wait for it")
+    bubble = tab.page.get_by_test_id("outbox").get_by_test_id("message")
+    expect(bubble.get_by_test_id("message-status")).to_have_text("sending…")
+    expect(bubble).to_have_attribute("data-status", "sending")
+    deadline = time.monotonic() + 15   # the server does answer: ack and echo, held by us
+    while len(held) < 2:
+        assert time.monotonic() < deadline, held
+        tab.page.wait_for_timeout(50)  # lets Playwright dispatch the intercepted frames
+    expect(bubble.get_by_test_id("message-status")).to_have_text("sending…")
+    for m in held:
+        routes[0].send(m)
+    mine = tab.page.get_by_test_id("message-list").get_by_test_id("message")
+    expect(mine).to_have_count(1)
+    expect(mine.get_by_test_id("message-status")).to_have_text("sent")
+    expect(tab.page.get_by_test_id("outbox").get_by_test_id("message")).to_have_count(0)
+    tab.ok()
