@@ -346,6 +346,7 @@ class SimUser:
         self.reply: asyncio.Future[dict[str, Any]] | None = None
         self.ever_connected = False
         self.url_turn = 0                # which of the configured URLs is next
+        self.fail_streak = 0             # connections lost before their history, in a row
 
     # ---- connections
 
@@ -401,7 +402,7 @@ class SimUser:
 
     async def _open(self, why: str) -> _Conn:
         """Open a connection, retrying with backoff until it works or the run stops."""
-        attempt = 0
+        attempt = self.fail_streak
         while True:
             if self.lg.closing:
                 raise _Done
@@ -428,6 +429,7 @@ class SimUser:
                 elif t == "history":
                     now = time.time() * 1000
                     hist = f.get("messages") or []
+                    self.fail_streak = 0      # this connection works: backoff starts over
                     for m in hist:
                         user.on_message(track, m, now, lat)
                     if f.get("more") and hist:
@@ -524,6 +526,13 @@ class SimUser:
                 self.conn = None
                 st.reconnects += 1
                 self.url_turn += 1
+                # full jitter even on the first retry: a restarted server must not get
+                # every client back in the same instant
+                delay = backoff_delay(self.fail_streak, self.lg.cfg.backoff_base,
+                                      self.lg.cfg.backoff_cap, self.lg.rng)
+                self.fail_streak += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.lg.closing_event.wait(), delay)
                 try:
                     conn = await self._open("reconnect")
                 except _Done:

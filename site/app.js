@@ -144,7 +144,6 @@
     const previous = state.current;
     state.current = conn;
     if (state.candidate === conn) state.candidate = null;
-    state.attempt = 0;
     hideStatus();
     if (previous && previous !== conn) {
       previous.intentional = true;
@@ -167,7 +166,8 @@
       state.current = null;
       if (state.candidate) return; // a migration is under way: it takes over
       showStatus(T.reconnecting, 1000); // only if it takes noticeably long
-      state.retryTimer = setTimeout(connect, backoff(state.attempt));
+      state.attempt += 1; // reset by the next history: a flapping server backs us off
+      state.retryTimer = setTimeout(connect, backoff(state.attempt - 1));
     }
   }
 
@@ -197,6 +197,7 @@
         promote(conn);
         break;
       case 'history':
+        state.attempt = 0; // a connection that got this far counts as healthy
         for (const m of f.messages || []) addMessage(m);
         if (f.more && f.messages.length) {
           // history stops after 1,000 messages; live frames resume later: fetch between
