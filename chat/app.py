@@ -465,8 +465,7 @@ async def serve_client(app: Sanic, request: Request, ws: Any) -> None:
         live = True
         log.info("ws_open", extra={"event": "ws_open", "user_id": user_id, "room": join.room,
                                    "since": join.since, "history": len(history)})
-        await bus.presence_changed(join.room, +1)
-        client.offer(protocol.presence_frame(await bus.presence(join.room)))
+        _spawn(_announce(bus, client))  # Redis may be slow or down: never hold the join
         try:
             connection_id = await store.add_connection(
                 user_id=user_id, room=join.room, instance=config.instance_id,
@@ -485,13 +484,21 @@ async def serve_client(app: Sanic, request: Request, ws: Any) -> None:
             log.info("ws_close", extra={"event": "ws_close", "user_id": client.user_id,
                                         "room": client.room, "code": client.close_code,
                                         "migrated": client.migrated})
-            cleanup = _cleanup(bus, store, client.room if live else None, connection_id)
-            task = asyncio.create_task(cleanup)
-            _pending_cleanups.add(task)
-            task.add_done_callback(_pending_cleanups.discard)
+            _spawn(_cleanup(bus, store, client.room if live else None, connection_id))
 
 
-_pending_cleanups: set[asyncio.Task[None]] = set()
+_background: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Any) -> None:
+    task = asyncio.create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _announce(bus: RoomBus, client: Client) -> None:
+    await bus.presence_changed(client.room, +1)
+    client.offer(protocol.presence_frame(await bus.presence(client.room)))
 
 
 async def _cleanup(bus: RoomBus, store: MessageStore, room: str | None,

@@ -158,13 +158,15 @@ class RoomBus:
         else:
             self.local_presence.pop(room, None)
         try:
-            await self._write_presence(room, n)
+            await self._write_presence(room)
             await self.redis.publish(PRESENCE_CHANNEL, room)
         except BusErrors:
             self.on_presence(room)  # at least the local clients see the change
 
-    async def _write_presence(self, room: str, n: int) -> None:
+    async def _write_presence(self, room: str) -> None:
+        """Write this instance's count for the room as it is now (not as it was)."""
         key = f"chat:presence:{room}"
+        n = self.local_presence.get(room, 0)
         if n > 0:
             value = json.dumps({"color": self.config.color, "n": n,
                                 "exp": time.time() + PRESENCE_TTL})
@@ -173,8 +175,8 @@ class RoomBus:
             await self.redis.hdel(key, self.config.instance_id)
 
     async def _write_presence_all(self) -> None:
-        for room, n in list(self.local_presence.items()):
-            await self._write_presence(room, n)
+        for room in list(self.local_presence):
+            await self._write_presence(room)
             await self.redis.publish(PRESENCE_CHANNEL, room)
 
     async def _clear_presence(self) -> None:
@@ -210,8 +212,8 @@ class RoomBus:
         while True:
             await asyncio.sleep(HEARTBEAT)
             with contextlib.suppress(*BusErrors):
-                for room, n in list(self.local_presence.items()):
-                    await self._write_presence(room, n)
+                for room in list(self.local_presence):
+                    await self._write_presence(room)
 
     # --- board stats and deploy events ---
 
