@@ -20,6 +20,10 @@ drain_seconds=2.0, env=None)``
 bytes); ``get_json(path)``; ``terminate()`` (SIGTERM, returns at once), ``wait(timeout)``
 -> exit code; ``stop()`` (SIGTERM, then SIGKILL after 15 s); ``logs()`` -> str.
 
+``ChatClient``: a small asyncio WebSocket client (websockets) that records every frame;
+``await ChatClient.connect(inst.ws_url(room, name))`` returns after welcome and history.
+``http(method, url, body=None, headers=None)`` -> (status, body bytes, headers).
+
 Fixtures (import them in a conftest: ``from tests.chatstack import chat_stack, chat_pair``):
     ``chat_stack``   module-scoped ChatStack on the session's redis_server/moto_server,
                      tables created; instances stopped at module end.
