@@ -372,3 +372,18 @@ def test_static_site_is_served_at_root_and_board(chat_stack: ChatStack, tmp_path
 def test_init_tables_is_idempotent(chat_stack: ChatStack):
     chat_stack.init_tables()  # the fixture already ran it once
     chat_stack.init_tables()
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/api/admin/drain", {}),
+    ("/api/admin/drain", {"color": "Not A Color!"}),
+    ("/api/admin/undrain", {"colour": "green"}),
+    ("/api/admin/deploy-event", {"weights": {"blue": 1}}),
+    ("/api/admin/deploy-event", {"action": "step", "weights": {"blue": "lots"}}),
+    ("/api/admin/deploy-event", ["step"]),
+])
+def test_admin_calls_with_bad_bodies_are_400(chat_stack: ChatStack, chat_pair, path, body):
+    blue, _ = chat_pair
+    status, answer = chat_stack.admin(blue, path, body)
+    assert status == 400 and answer["error"]
+    assert blue.get("/readyz")[0] == 200  # nothing was drained
