@@ -389,3 +389,20 @@ def test_own_message_shows_sending_until_the_server_confirms_it(
     expect(mine.get_by_test_id("message-status")).to_have_text("sent")
     expect(tab.page.get_by_test_id("outbox").get_by_test_id("message")).to_have_count(0)
     tab.ok()
+
+
+def test_board_says_so_when_it_has_no_data(
+        browser: Browser, contexts: list[BrowserContext],
+        site_pair: tuple[ChatInstance, ChatInstance]) -> None:
+    _, green = site_pair
+    ctx = browser.new_context(locale="en-US")
+    contexts.append(ctx)
+    page = ctx.new_page()
+    page.route("**/api/stats", lambda route: route.fulfill(status=500, body="boom"))
+    page.goto(green.url + "/board")
+    expect(page.get_by_test_id("freshness")).to_have_attribute("data-state", "down")
+    expect(page.get_by_test_id("freshness")).to_contain_text("HTTP 500")
+    # once the API answers again, the board recovers by itself
+    page.unroute("**/api/stats")
+    expect(page.get_by_test_id("freshness")).to_have_attribute("data-state", "live")
+    expect(page.get_by_test_id("color-card")).not_to_have_count(0)
