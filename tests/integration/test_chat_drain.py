@@ -148,10 +148,17 @@ async def test_redis_restart_delays_messages_but_loses_none(own_redis: Service,
         redis = start_redis(tmp_path, own_redis.port)
         await until(lambda: green.get("/readyz")[0] == 200, what="ready again")
         await until(lambda: blue.get("/readyz")[0] == 200, what="blue ready again")
+        first_cid = cid
         for i in range(3):
             cid = await a.send(f"after restart {i}")
         await b.wait_for(lambda: len(b.seqs) == 4, within=15, what="live after restart")
         assert b.seqs == sorted(b.seqs) and len(set(b.seqs)) == 4
+        # idempotency lives in DynamoDB: a resend after the Redis restart is recognised
+        before = a.acks[first_cid]
+        a.acks.pop(first_cid)
+        await a.send("while redis is down", client_id=first_cid)
+        await a.wait_for(lambda: first_cid in a.acks, what="ack of the resend")
+        assert a.acks[first_cid] == before
         await a.close()
         await b.close()
     finally:

@@ -171,3 +171,28 @@ async def test_stuck_client_is_failed_1013_and_the_others_are_not_delayed(store)
         await asyncio.sleep(0.05)  # the healthy writer keeps up
     assert stuck.failed == protocol.CLOSE_TRY_LATER and c_stuck.closed
     assert seqs(ok) == list(range(base, base + 20))
+
+
+async def test_concurrent_sends_of_one_client_id_store_one_message(store):
+    room = "c-" + uuid.uuid4().hex[:8]
+    results = await asyncio.gather(*(store.append(room=room, user_id=1, name="n", text="x",
+                                                  client_id="same", color="blue")
+                                           for _ in range(4)))
+    assert len({r.seq for r in results}) == 1
+    assert sum(not r.duplicate for r in results) == 1
+    items = await store.query(room, since=0, limit=100)
+    stored = [it for it in items if "void" not in it]
+    assert len(stored) == 1 and int(stored[0]["seq"]["N"]) == results[0].seq
+
+
+async def test_a_client_id_whose_first_write_failed_can_be_sent_again(store):
+    room = "f-" + uuid.uuid4().hex[:8]
+    seq = await store._add(f"room#{room}")
+    assert await store._claim(room, "retry", seq, None)
+    await store._void(room, seq)  # the first attempt's message write failed
+    again = await store.append(room=room, user_id=1, name="n", text="x", client_id="retry",
+                                 color="blue")
+    assert not again.duplicate and again.seq > seq
+    resend = await store.append(room=room, user_id=1, name="n", text="x", client_id="retry",
+                                 color="blue")
+    assert resend.duplicate and resend.seq == again.seq
