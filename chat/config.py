@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -72,6 +73,8 @@ class Config:
         if not self.instance_id:
             object.__setattr__(
                 self, "instance_id", f"{self.color}-{socket.gethostname()}-{os.getpid()}")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,15}", self.color):
+            raise ValueError("CHAT_COLOR must be 1-16 of a-z, 0-9, - (e.g. blue, green)")
         if not 0.0 <= self.fault_rate <= 1.0:
             raise ValueError("CHAT_FAULT_RATE must be between 0 and 1")
 

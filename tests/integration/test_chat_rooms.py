@@ -175,9 +175,9 @@ async def test_stuck_client_is_failed_1013_and_the_others_are_not_delayed(store)
 
 async def test_concurrent_sends_of_one_client_id_store_one_message(store):
     room = "c-" + uuid.uuid4().hex[:8]
-    results = await asyncio.gather(*(store.append(room=room, user_id=1, name="n", text="x",
-                                                  client_id="same", color="blue")
-                                           for _ in range(4)))
+    sends = [store.append(room=room, user_id=1, name="n", text="x", client_id="same",
+                          color="blue") for _ in range(4)]
+    results = await asyncio.gather(*sends)
     assert len({r.seq for r in results}) == 1
     assert sum(not r.duplicate for r in results) == 1
     items = await store.query(room, since=0, limit=100)

@@ -28,6 +28,8 @@ def test_config_from_env_and_overrides():
         "messages", "connections", "user-counter")
     with pytest.raises(ValueError):
         Config.from_env({"CHAT_FAULT_RATE": "2"})
+    with pytest.raises(ValueError):
+        Config.from_env({"CHAT_COLOR": "Blue Team"})
 
 
 def test_metrics_exposition_has_labelled_series_and_histogram_buckets():
