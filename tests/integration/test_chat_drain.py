@@ -185,3 +185,28 @@ async def test_dynamodb_down_answers_unavailable_and_readyz_503(redis_server: Se
     finally:
         stack.stop_all()
         moto.stop()
+
+
+async def test_migrate_is_paced_over_the_drain_window(chat_stack: ChatStack):
+    green = chat_stack.start("green", env={"CHAT_DRAIN_SECONDS": "3"})
+    try:
+        room = "pace-" + uuid.uuid4().hex[:6]
+        clients = [await ChatClient.connect(green.ws_url(room, f"c{i}")) for i in range(10)]
+        loop = asyncio.get_running_loop()
+        got: dict[int, float] = {}
+
+        def record() -> bool:
+            for i, c in enumerate(clients):
+                if c.migrates and i not in got:
+                    got[i] = loop.time()
+            return len(got) == len(clients)
+
+        status, _ = chat_stack.admin(green, "/api/admin/drain", {"color": "green"})
+        assert status == 202
+        await until(record, within=10, what="every client got migrate")
+        # jittered over the first 80% of the window, not all in the same instant
+        assert max(got.values()) - min(got.values()) > 0.3
+        for c in clients:
+            assert await c.closed(within=10) == 1012  # nobody moved: closed at the end
+    finally:
+        green.stop()

@@ -70,3 +70,17 @@ def test_board_aggregates_instances_per_color():
 def test_token_bucket_allows_burst_then_rate():
     b = TokenBucket(5, 10)
     assert sum(b.take() for _ in range(30)) == 10
+
+
+def test_app_settings_frame_limit_ping_and_drain_before_sanic_cancels_websockets():
+    from chat.app import create_app
+
+    app = create_app(Config(color="green"))
+    assert app.config.WEBSOCKET_MAX_SIZE == 16384
+    assert 0 < app.config.WEBSOCKET_PING_INTERVAL <= 30  # ALB idle timeout is 60 s
+    assert app.websocket_enabled
+    # Sanic's own "cancel every WebSocket handler on stop" listener must not run before
+    # our drain: it is only registered when Sanic enables WebSockets itself.
+    names = [getattr(fl.listener, "__name__", "") for fl in app._future_listeners]
+    assert "_cancel_websocket_tasks" not in names
+    assert "_drain_on_stop" in names
