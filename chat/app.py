@@ -75,11 +75,15 @@ class Drainer:
     def __init__(self, config: Config, rooms: Rooms, metrics: Metrics) -> None:
         self.config, self.rooms, self.metrics = config, rooms, metrics
         self.draining = False
+        self.reason = ""
         self.task: asyncio.Task[None] | None = None
 
     def start(self, reason: str) -> None:
         if self.draining:
+            if reason == "shutdown":
+                self.reason = reason  # an admin drain in progress now ends in an exit
             return
+        self.reason = reason
         self.draining = True
         self.metrics.draining.set(1)
         log.info("drain_start", extra={"event": "drain_start", "reason": reason,
@@ -88,12 +92,14 @@ class Drainer:
         self.task = asyncio.create_task(self._run(), name="drain")
 
     def stop(self) -> None:
-        if not self.draining:
-            return
+        if not self.draining or self.reason == "shutdown":
+            return  # nothing to undo, or the process is exiting anyway
         self.draining = False
         self.metrics.draining.set(0)
         if self.task:
             self.task.cancel()
+        for client in self.rooms.clients():
+            client.migrated = False  # a later drain asks them again
         log.info("drain_cancelled", extra={"event": "undrain"})
 
     async def wait(self) -> None:
