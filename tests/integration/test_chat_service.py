@@ -387,3 +387,27 @@ def test_admin_calls_with_bad_bodies_are_400(chat_stack: ChatStack, chat_pair, p
     status, answer = chat_stack.admin(blue, path, body)
     assert status == 400 and answer["error"]
     assert blue.get("/readyz")[0] == 200  # nothing was drained
+
+
+async def test_each_connection_is_recorded_in_dynamodb_with_ttl_and_removed_on_close(
+        chat_pair, moto_server):
+    import boto3
+
+    blue, _ = chat_pair
+    room = new_room()
+    ddb = boto3.client("dynamodb", endpoint_url=moto_server.url, region_name="ap-northeast-2")
+
+    def records() -> list[dict]:
+        items = ddb.scan(TableName="connections", FilterExpression="room = :r",
+                         ExpressionAttributeValues={":r": {"S": room}})["Items"]
+        return [i for i in items if not i["connection_id"]["S"].startswith("dedup#")]
+
+    c = await ChatClient.connect(blue.ws_url(room, "rec"))
+    await c.wait_for(lambda: len(records()) == 1, what="connection item")
+    item = records()[0]
+    assert item["user_id"]["N"] == str(c.welcome["user_id"])
+    assert item["color"]["S"] == "blue" and item["version"]["S"] == "v1"
+    assert item["instance"]["S"] == c.welcome["server"]
+    assert int(item["ttl"]["N"]) > int(item["connected_at"]["N"]) // 1000
+    await c.close()
+    await c.wait_for(lambda: not records(), what="item removed")
