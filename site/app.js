@@ -63,6 +63,7 @@
   const ACK_TIMEOUT_MS = 10000;
   const GAP_WAIT_MS = 800;
   const PAGE_SIZE = 1000;
+  const MAX_SHOWN = 400; // a phone in a 100-person room at 20 msg/s must stay smooth
   // Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^attempt)].
   const backoff = (attempt) =>
     Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(attempt, 16));
@@ -96,6 +97,7 @@
     everJoined: false,
     lastSeq: 0,         // highest seq received: the `since` of the next connection
     bySeq: new Map(),   // seq -> <li>
+    prunedSeq: 0,       // messages up to here left the page (MAX_SHOWN)
     myUserIds: new Set(),
     pending: new Map(), // client_id -> {el, text, seq, sentAt}
     attempt: 0,         // consecutive failed connection attempts
@@ -273,7 +275,7 @@
   }
 
   function addMessage(m) {
-    if (typeof m.seq !== 'number') return;
+    if (typeof m.seq !== 'number' || m.seq <= state.prunedSeq) return;
     const gapFrom = state.lastSeq;
     if (m.seq > state.lastSeq) state.lastSeq = m.seq;
     if (state.bySeq.has(m.seq)) {
@@ -305,8 +307,20 @@
     el.dataset.ts = String(m.ts || '');
     state.bySeq.set(m.seq, el);
     placeBySeq(el, m.seq);
+    prune();
     if (gapFrom > 0 && m.seq > gapFrom + 1) scheduleGapFill(gapFrom);
     if (stick) scrollToBottom();
+  }
+
+  // Keep the newest MAX_SHOWN messages in the page; older ones are dropped for good.
+  function prune() {
+    while (ui.messages.childElementCount > MAX_SHOWN) {
+      const first = ui.messages.firstElementChild;
+      const seq = Number(first.dataset.seq);
+      state.bySeq.delete(seq);
+      if (seq > state.prunedSeq) state.prunedSeq = seq;
+      first.remove();
+    }
   }
 
   function setStatus(el, which) {
@@ -332,6 +346,7 @@
     p.el.dataset.seq = String(seq);
     state.bySeq.set(seq, p.el);
     placeBySeq(p.el, seq);
+    prune();
   }
 
   // Every stored message after `since`, page by page (a full page means there is more).
@@ -356,7 +371,7 @@
     if (state.gapTimer) return;
     state.gapTimer = setTimeout(() => {
       state.gapTimer = null;
-      for (let s = fromSeq + 1; s < state.lastSeq; s += 1) {
+      for (let s = Math.max(fromSeq, state.prunedSeq) + 1; s < state.lastSeq; s += 1) {
         if (!state.bySeq.has(s)) {
           fillFrom(s - 1).catch(() => {}); // the next reconnect resumes with since anyway
           return;

@@ -406,3 +406,41 @@ def test_board_says_so_when_it_has_no_data(
     page.unroute("**/api/stats")
     expect(page.get_by_test_id("freshness")).to_have_attribute("data-state", "live")
     expect(page.get_by_test_id("color-card")).not_to_have_count(0)
+
+
+def test_a_busy_room_keeps_only_the_newest_messages_in_the_page(
+        browser: Browser, contexts: list[BrowserContext],
+        site_pair: tuple[ChatInstance, ChatInstance]) -> None:
+    """Frames injected into the real connection: 450 messages, then repeats of old ones."""
+    blue, _ = site_pair
+    tab = open_tab(browser, contexts, blue.url + "/")
+    routes: list[WebSocketRoute] = []
+
+    def intercept(ws: WebSocketRoute) -> None:
+        ws.connect_to_server()
+        routes.append(ws)
+
+    tab.page.route_web_socket(re.compile(r".*/ws\?.*"), intercept)
+    room = new_room()
+    join(tab, "watcher", room)
+    base = 10_000   # far above anything the real room has: no HTTP gap fill is needed
+
+    def frame(seq: int) -> str:
+        return json.dumps({"type": "message", "room": room, "seq": seq, "user_id": 999_999,
+                           "name": "bot", "text": f"m{seq}", "ts": 1_764_270_000_000,
+                           "color": "green"})
+
+    routes[0].send(json.dumps({"type": "history", "messages": [json.loads(frame(base))]}))
+    for seq in range(base + 1, base + 450):
+        routes[0].send(frame(seq))
+    items = tab.page.get_by_test_id("message-list").get_by_test_id("message")
+    expect(items.last).to_have_attribute("data-seq", str(base + 449))
+    expect(items).to_have_count(400)
+    expect(items.first).to_have_attribute("data-seq", str(base + 50))
+    routes[0].send(frame(base + 3))          # a late repeat of a message already dropped
+    routes[0].send(frame(base + 449))        # and of one still shown
+    routes[0].send(frame(base + 450))
+    expect(items.last).to_have_attribute("data-seq", str(base + 450))
+    expect(items).to_have_count(400)
+    expect(items.first).to_have_attribute("data-seq", str(base + 51))
+    tab.ok()
