@@ -282,6 +282,7 @@ class LoadGenConfig:
     connect_timeout: float = 10.0
     ack_timeout: float = 10.0
     backoff_base: float = 0.2
+    progress: float = 0.0              # print a status line to stderr every N s (0: never)
     backoff_cap: float = 10.0
 
 
@@ -716,6 +717,8 @@ class LoadGen:
                 else:
                     conn_tasks.append(asyncio.create_task(u.run_connections()))
                 senders.append(asyncio.create_task(u.run_sender()))
+            if cfg.progress > 0:
+                self.background(self._progress(cfg.progress))
             # sending starts once the ramp is over (or at once when stopped early)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), cfg.ramp)
@@ -740,6 +743,25 @@ class LoadGen:
             await asyncio.gather(*conn_tasks, return_exceptions=True)
             await asyncio.gather(*(self._close(u) for u in self.users), return_exceptions=True)
         return self.report(held, live)
+
+    def status_line(self) -> str:
+        """One line for a long run in a terminal: is everyone still there, is it flowing?"""
+        st = self.stats
+        live = self._live()
+        colors = " ".join(f"{c}={n}" for c, n in sorted(live.items()))
+        lat = self.latency.summary()
+        p99 = "-" if lat["p99"] is None else f"{lat['p99']:.0f}ms"
+        return (f"[loadgen +{time.time() - self.started_at:5.0f}s] live {sum(live.values())}"
+                f"/{self.cfg.users} ({colors})  sent {st.sent} acked {st.acked}"
+                f"  unexpected closes {st.unexpected_closes}  migrations {st.migrations}"
+                f"  p99 {p99}")
+
+    async def _progress(self, every: float) -> None:
+        while not self.closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.closing_event.wait(), every)
+            if not self.closing:
+                print(self.status_line(), file=sys.stderr, flush=True)
 
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -874,6 +896,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--churn", type=float, default=0.0,
                    help="mean seconds between planned make-before-break reconnects per user")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--progress", type=float, default=10.0,
+                   help="status line on stderr every N seconds (0: none)")
     p.add_argument("--json", dest="json_path", default=None, help="write the report here")
     p.add_argument("--quiet", action="store_true", help="no table on stdout")
     return p
@@ -885,7 +909,8 @@ def main(argv: list[str]) -> int:
     cfg = LoadGenConfig(url=urls[0], extra_urls=urls[1:], users=args.users, rate=args.rate,
                         duration=args.duration,
                         rooms=args.rooms, room_prefix=args.room_prefix, origin=args.origin,
-                        ramp=args.ramp, drain=args.drain, churn=args.churn, seed=args.seed)
+                        ramp=args.ramp, drain=args.drain, churn=args.churn, seed=args.seed,
+                        progress=args.progress)
 
     def hook(lg: LoadGen) -> None:
         loop = asyncio.get_running_loop()

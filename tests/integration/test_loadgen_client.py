@@ -264,6 +264,7 @@ async def test_cli_runs_until_sigterm_then_drains_and_reports(tmp_path: Path) ->
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "chat", "loadgen", "--url", url, "--users", "4",
             "--rate", "20", "--duration", "0", "--ramp", "0.2", "--json", str(out),
+            "--progress", "0.3",
             cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         try:
             await asyncio.wait_for(peer.ten_stored.wait(), 30)
@@ -278,3 +279,4 @@ async def test_cli_runs_until_sigterm_then_drains_and_reports(tmp_path: Path) ->
     assert report["sent"] >= 10 and report["acked"] == report["sent"]
     assert report["lost"] == 0 and report["connected"] == 4
     assert "LOST" in stdout.decode()
+    assert "[loadgen +" in stdout.decode() and "live 4/4 (blue=4)" in stdout.decode()
