@@ -19,3 +19,11 @@ if [ "${1:-}" = "lint" ]; then lint; exit 0; fi
 lint
 echo "== pytest"
 python -m pytest -p no:cacheprovider "$@"
+
+# The local target as molecule sees it (converge, idempotence, verify, cleanup). It uses
+# the fixed local-stack ports and /var/lib/canary-chat, so it runs after pytest (whose e2e
+# module tears its own stack down) and only as root, like the e2e tests.
+if [ "$(id -u)" -eq 0 ] && [ "$#" -eq 0 ]; then
+  echo "== molecule (local target)"
+  molecule test -s local
+fi
