@@ -30,6 +30,7 @@
       reconnecting: 'Connection lost, reconnecting…',
       slowDown: 'Slow down a little…',
       retrying: 'Server busy, retrying…',
+      newMessages: 'New messages ↓',
     },
     ko: {
       tagline: '블루/그린 배포 중에도 끊기지 않는 실시간 채팅',
@@ -49,6 +50,7 @@
       reconnecting: '연결이 끊겨 다시 연결하는 중…',
       slowDown: '조금 천천히 보내 주세요…',
       retrying: '서버가 바빠서 다시 보내는 중…',
+      newMessages: '새 메시지 ↓',
     },
   };
   const LANG = (navigator.language || 'en').toLowerCase().startsWith('ko') ? 'ko' : 'en';
@@ -74,7 +76,7 @@
     roomInput: $('room-input'), joinError: $('join-error'),
     chat: $('chat'), roomName: $('room-name'), online: $('online'), badge: $('badge'),
     status: $('status'), scroller: $('scroller'), messages: $('messages'), outbox: $('outbox'),
-    composer: $('composer'), messageInput: $('message-input'),
+    composer: $('composer'), messageInput: $('message-input'), jump: $('jump'),
     template: $('message-template'),
   };
 
@@ -310,6 +312,7 @@
     prune();
     if (gapFrom > 0 && m.seq > gapFrom + 1) scheduleGapFill(gapFrom);
     if (stick) scrollToBottom();
+    else ui.jump.hidden = false; // the reader scrolled up: tell, do not yank
   }
 
   // Keep the newest MAX_SHOWN messages in the page; older ones are dropped for good.
@@ -426,6 +429,7 @@
   }
   function scrollToBottom() {
     ui.scroller.scrollTop = ui.scroller.scrollHeight;
+    ui.jump.hidden = true;
   }
 
   // ------------------------------------------------------------------ wiring
@@ -474,6 +478,10 @@
     }
     ui.joinForm.addEventListener('submit', join);
     ui.composer.addEventListener('submit', submitMessage);
+    ui.jump.addEventListener('click', scrollToBottom);
+    ui.scroller.addEventListener('scroll', () => {
+      if (nearBottom()) ui.jump.hidden = true;
+    }, { passive: true });
     window.addEventListener('online', () => {
       if (!isOpen(state.current) && state.room) connect();
     });

@@ -443,4 +443,16 @@ def test_a_busy_room_keeps_only_the_newest_messages_in_the_page(
     expect(items.last).to_have_attribute("data-seq", str(base + 450))
     expect(items).to_have_count(400)
     expect(items.first).to_have_attribute("data-seq", str(base + 51))
+    # reading old messages: a new one does not yank the view, a button offers to jump
+    jump = tab.page.get_by_test_id("jump")
+    expect(jump).to_be_hidden()
+    tab.page.get_by_test_id("scroller").evaluate("s => { s.scrollTop = 0; }")
+    routes[0].send(frame(base + 451))
+    expect(items.last).to_have_attribute("data-seq", str(base + 451))
+    expect(jump).to_be_visible()
+    assert tab.page.get_by_test_id("scroller").evaluate("s => s.scrollTop") == 0
+    tab.page.screenshot(path="/tmp/chat-jump.png")
+    jump.click()
+    expect(jump).to_be_hidden()
+    expect(items.last).to_be_in_viewport()
     tab.ok()
