@@ -281,9 +281,9 @@ class LoadGenConfig:
     seed: int | None = None
     connect_timeout: float = 10.0
     ack_timeout: float = 10.0
-    backoff_base: float = 0.2
+    backoff_base: float = 0.2          # reconnect/retry backoff: full jitter under
+    backoff_cap: float = 10.0          # min(cap, base * 2**attempt)
     progress: float = 0.0              # print a status line to stderr every N s (0: never)
-    backoff_cap: float = 10.0
 
 
 @dataclass
