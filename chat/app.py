@@ -18,7 +18,7 @@ import socket
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, file, text
@@ -295,6 +295,7 @@ def create_app(config: Config) -> Sanic:
 
     @app.get("/api/rooms/<room:str>/messages")
     async def room_messages(request: Request, room: str) -> HTTPResponse:
+        room = unquote(room)  # Sanic hands path parameters over still percent-encoded
         if not protocol.valid_name(room):
             return _problem(400, "room must be 1-32 letters, digits, spaces or _-.")
         try:

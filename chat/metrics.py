@@ -9,6 +9,8 @@ import bisect
 import math
 from collections.abc import Iterable
 
+from .protocol import ErrorCode
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -111,6 +113,7 @@ class Metrics:
         # Series the canary gate divides by exist from the start.
         self.sends.values.update(ok=0.0, error=0.0)
         self.http.values.update({"2xx": 0.0, "4xx": 0.0, "5xx": 0.0})
+        self.errors.values.update({code.value: 0.0 for code in ErrorCode})
 
     def render(self) -> str:
         lines: list[str] = []

@@ -411,3 +411,21 @@ async def test_each_connection_is_recorded_in_dynamodb_with_ttl_and_removed_on_c
     assert int(item["ttl"]["N"]) > int(item["connected_at"]["N"]) // 1000
     await c.close()
     await c.wait_for(lambda: not records(), what="item removed")
+
+
+async def test_hangul_room_and_name_work_over_ws_and_http(chat_pair):
+    import urllib.parse
+
+    blue, green = chat_pair
+    room = "방 " + uuid.uuid4().hex[:6]
+    a = await ChatClient.connect(blue.ws_url(room, "민수"))
+    b = await ChatClient.connect(green.ws_url(room, "지연"))
+    cid = await a.send("안녕하세요")
+    await b.wait_for(lambda: cid in a.acks and a.acks[cid] in b.messages)
+    assert b.messages[a.acks[cid]]["name"] == "민수"
+    status, body = blue.get(f"/api/rooms/{urllib.parse.quote(room)}/messages")
+    assert status == 200
+    got = json.loads(body)
+    assert got["room"] == room and [m["text"] for m in got["messages"]] == ["안녕하세요"]
+    await a.close()
+    await b.close()
