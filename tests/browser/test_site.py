@@ -456,3 +456,38 @@ def test_a_busy_room_keeps_only_the_newest_messages_in_the_page(
     expect(jump).to_be_hidden()
     expect(items.last).to_be_in_viewport()
     tab.ok()
+
+
+def test_sends_refused_by_a_faulty_release_are_retried_until_sent(
+        browser: Browser, contexts: list[BrowserContext], chat_stack: ChatStack,
+        site_pair: tuple[ChatInstance, ChatInstance]) -> None:
+    """Green with CHAT_FAULT_RATE=0.7: the page resends with the same client_id; every
+    message ends up sent, and the other user sees each exactly once."""
+    blue, _ = site_pair
+    faulty = chat_stack.start("green", version="v2-bad", static=REPO / "site",
+                              env={"CHAT_FAULT_RATE": "0.7"})
+    try:
+        room = new_room()
+        tab = open_tab(browser, contexts, faulty.url + "/")
+        errors: list[str] = []
+        tab.page.on("websocket", lambda ws: ws.on(
+            "framereceived", lambda payload: errors.append(json.loads(payload)["code"])
+            if '"type":"error"' in str(payload) else None))
+        other = open_tab(browser, contexts, blue.url + "/")
+        join(tab, "unlucky", room)
+        join(other, "reader", room)
+        sent = [f"try {i}" for i in range(8)]
+        for text in sent:
+            say(tab, text)
+        statuses = tab.page.get_by_test_id("message-list").get_by_test_id("message-status")
+        expect(statuses).to_have_count(8, timeout=60_000)
+        expect(statuses).to_have_text(["sent"] * 8)
+        expect(tab.page.get_by_test_id("outbox").get_by_test_id("message")).to_have_count(0)
+        expect(other.page.get_by_test_id("message-list").get_by_test_id("message")).to_have_count(8)
+        assert "unavailable" in errors        # the fault switch did refuse some sends
+        assert sorted(texts(other)) == sorted(sent)
+        assert texts(tab) == texts(other)       # same order on both sides
+        tab.ok()
+        other.ok()
+    finally:
+        faulty.stop()

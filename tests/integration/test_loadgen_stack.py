@@ -95,3 +95,23 @@ def test_cli_writes_the_json_report_and_exits_zero(
     report = json.loads(out.read_text())
     assert report["connected"] == 6 and report["lost"] == 0 and report["sent"] > 0
     assert "LOST" in proc.stdout and "delivery latency" in proc.stdout
+
+
+async def test_a_faulty_release_costs_retries_but_no_message(
+        chat_stack: ChatStack, chat_pair: tuple[ChatInstance, ChatInstance]) -> None:
+    """Green with CHAT_FAULT_RATE=0.3 answers 30% of sends `unavailable`: the load generator
+    retries them with the same client_id, so nothing is lost or stored twice."""
+    blue, _ = chat_pair
+    faulty = await asyncio.to_thread(chat_stack.start, "green", "v2-bad",
+                                     env={"CHAT_FAULT_RATE": "0.3"})
+    try:
+        r = await run_loadgen(LoadGenConfig(url=ws(blue), extra_urls=[ws(faulty)], users=10,
+                                            rate=10.0, duration=4.0, ramp=0.5, drain=10.0,
+                                            seed=5, backoff_base=0.05, backoff_cap=0.5))
+    finally:
+        await asyncio.to_thread(faulty.stop)
+    assert r["errors"].get("unavailable", 0) >= 3 and r["retries"] >= 3
+    assert r["acked"] == r["sent"] >= 30
+    assert r["expected_deliveries"] == 10 * r["acked"] == r["delivered"]
+    assert r["lost"] == r["duplicated"] == r["out_of_order"] == 0, (
+        r["order_anomalies"], r["lost_seqs"])
