@@ -103,6 +103,7 @@
     myUserIds: new Set(),
     pending: new Map(), // client_id -> {el, text, seq, sentAt}
     attempt: 0,         // consecutive failed connection attempts
+    sendAttempt: 0,     // consecutive refused sends (unavailable / rate_limited)
     retryTimer: null,
     resendTimer: null,
     gapTimer: null,
@@ -235,12 +236,15 @@
   }
 
   function onError(f) {
+    // the error names no client_id: resend everything unconfirmed (idempotent), later
     if (f.code === 'unavailable') {
+      state.sendAttempt += 1;
       showStatus(T.retrying, 1500);
-      scheduleResend(backoff(state.attempt + 1));
+      scheduleResend(backoff(state.sendAttempt));
     } else if (f.code === 'rate_limited') {
+      state.sendAttempt += 1;
       showStatus(T.slowDown);
-      scheduleResend(1000 + backoff(1));
+      scheduleResend(1000 + backoff(state.sendAttempt));
     }
   }
 
@@ -297,7 +301,7 @@
       for (const [cid, p] of state.pending) {
         if (p.seq === null && p.text === m.text) {
           el = p.el;
-          state.pending.delete(cid);
+          confirmed(cid);
           setStatus(el, 'sent');
           break;
         }
@@ -332,10 +336,17 @@
     el.dataset.status = which;
   }
 
+  // A message got through: retry backoff starts over; no more "retrying" once all did.
+  function confirmed(clientId) {
+    state.pending.delete(clientId);
+    state.sendAttempt = 0;
+    if (state.pending.size === 0 && isOpen(state.current)) hideStatus();
+  }
+
   function onAck(clientId, seq) {
     const p = state.pending.get(clientId);
     if (!p) return;
-    state.pending.delete(clientId);
+    confirmed(clientId);
     p.seq = seq;
     setStatus(p.el, 'sent');
     const shown = state.bySeq.get(seq);

@@ -485,6 +485,7 @@ def test_sends_refused_by_a_faulty_release_are_retried_until_sent(
         expect(tab.page.get_by_test_id("outbox").get_by_test_id("message")).to_have_count(0)
         expect(other.page.get_by_test_id("message-list").get_by_test_id("message")).to_have_count(8)
         assert "unavailable" in errors        # the fault switch did refuse some sends
+        expect(tab.page.get_by_test_id("status")).to_be_hidden()   # no stale "retrying"
         assert sorted(texts(other)) == sorted(sent)
         assert texts(tab) == texts(other)       # same order on both sides
         tab.ok()
