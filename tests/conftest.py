@@ -48,7 +48,7 @@ def wait_for_http(url: str, timeout: float = 20.0) -> None:
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status < 500:
                     return
-        except Exception as e:  # noqa: BLE001 - any failure means "not yet"
+        except Exception as e:  # any failure means "not yet"
             last = e
         time.sleep(0.1)
     raise TimeoutError(f"{url} not answering after {timeout}s: {last}")
