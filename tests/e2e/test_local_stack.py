@@ -189,26 +189,26 @@ def test_site_yml_creates_90_10_then_changes_nothing_and_keeps_canary_weights(
 @pytest.mark.timeout(900)
 async def test_rehearsal_100_users_through_canary_and_rollback(
         local_stack: dict[str, Any]) -> None:
-    # start with everyone on blue, so that every canary step is a real change
-    rc, out = await playbook_async("rollback.yml", "-e", "drain=false")
+    # the demo's opening position, blue 90 / green 10 (a no-op after site.yml)
+    rc, out = await playbook_async("canary.yml", "-e", "weight=10", "-e", "bake_seconds=0")
     assert rc == 0, out[-5000:]
-    assert weights() == {"blue": 100, "green": 0}
+    assert weights() == {"blue": 90, "green": 10}
 
-    # 100 users chatting; each reconnects now and then (make-before-break, ~every 20 s),
-    # so the live users follow the weights onto green and back during the rehearsal
+    # 100 users join and chat (about 10 of them on green) for the whole rehearsal
     gens: list[LoadGen] = []
     cfg = LoadGenConfig(url=f"ws://{LB}/ws", users=100, rate=20, duration=0, rooms=4,
-                        ramp=5, churn=20.0, drain=15)
+                        ramp=5, drain=15)
     loadgen = asyncio.create_task(run_loadgen(cfg, on_start=gens.append))
     try:
         await wait_for_users(gens, loadgen, 100)
+        # step 10 is where the demo starts: measure its split before canary.yml moves on
+        splits: dict[int, Counter[str]] = {STEPS[0]: await probe(PROBES_PER_STEP)}
 
         canary = asyncio.create_task(playbook_async(
             "canary.yml", "-e", f"bake_seconds={REHEARSAL_BAKE_SECONDS}",
             "-e", f"deploy_max_p95_ms={REHEARSAL_MAX_P95_MS}", limit_s=600))
-        splits: dict[int, Counter[str]] = {}
         try:
-            for step in STEPS:
+            for step in STEPS[1:]:
                 await wait_for_green_weight(step, limit_s=180, playbook=canary)
                 colors = await probe(PROBES_PER_STEP)
                 if weights()["green"] != step:
