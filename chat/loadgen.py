@@ -501,8 +501,9 @@ class SimUser:
         except _Done:
             return
         self.ever_connected = True
-        self.lg.joined.set()
         st.connected_users += 1
+        if st.connected_users == len(self.lg.users):
+            self.lg.all_joined.set()
         self.conn = conn
         self.connected.set()
         while True:
@@ -635,7 +636,7 @@ class LoadGen:
         self.closing = False
         self.started_at = 0.0
         self.sending_s = 0.0
-        self.joined = asyncio.Event()          # at least one user is connected
+        self.all_joined = asyncio.Event()      # every user connected once
         self._bg: set[asyncio.Task[None]] = set()
         self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
@@ -722,8 +723,13 @@ class LoadGen:
             # sending starts once the ramp is over (or at once when stopped early)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), cfg.ramp)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.joined.wait(), cfg.connect_timeout)
+            # everyone in before the first message (slow handshakes on a busy machine),
+            # but a few users who cannot connect do not hold the run for long
+            waits = [asyncio.ensure_future(e.wait()) for e in (self.all_joined, self.stop_event)]
+            await asyncio.wait(waits, timeout=cfg.connect_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
             await self._schedule()
             for u in self.users:   # drop what was never sent
                 while not u.outbox.empty():
