@@ -1,0 +1,493 @@
+"""Side-by-side benchmark: our chat (blue + green, real storage path) vs Socket.IO 4.8.
+
+    bash bench/run.sh [--quick] [--rounds N] [--no-write]
+
+One sitting, everything on 127.0.0.1 free ports: one redis-server per system, a moto server
+(DynamoDB API) for ours, one HAProxy with a frontend per system. Systems alternate A B A B;
+each round of a system runs, on fresh server processes:
+
+  demo     100 users, 20 msg/s, through HAProxy (ours: both colors, 50/50)
+  ladder   1,000 users in one room, direct to the two processes, rising send rates until
+           p99 (send -> receive) >= 250 ms or anything is lost; server CPU per delivery
+  memory   2,500 idle connections: RSS delta of both server processes / connections
+
+The same Node load generator (bench/peer/loadgen.js) drives both, and reports its own CPU.
+Results go to docs/benchmarks.md (section "Fan-out vs Socket.IO") and to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PEER = REPO / "bench" / "peer"
+VENV_BIN = Path(sys.executable).parent
+DOC = REPO / "docs" / "benchmarks.md"
+START, END = "<!-- bench:fanout:start -->", "<!-- bench:fanout:end -->"
+OURS, PEER_NAME = "ours", "socket.io"
+CPU_RATE = 30  # msg/s at 1,000 clients where CPU per delivery and latency are compared
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception), urllib.request.urlopen(url, timeout=1) as r:
+            if r.status == 200:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing on port {port}")
+
+
+def rss_kib(pid: int) -> int:
+    m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(m.group(1)) if m else 0
+
+
+@dataclass
+class Procs:
+    tmp: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        out = open(self.tmp / f"{name}.log", "ab")  # closed below: the child keeps its copy
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                             env={**os.environ, **(env or {})})
+        out.close()
+        self.procs.append(p)
+        return p
+
+    def stop(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+            if p in self.procs:
+                self.procs.remove(p)
+
+    def stop_all(self) -> None:
+        self.stop(list(reversed(self.procs)))
+
+
+HAPROXY_CFG = """global
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  timeout tunnel 1h
+frontend fe_ours
+  bind 127.0.0.1:{lb_ours}
+  default_backend ours
+frontend fe_peer
+  bind 127.0.0.1:{lb_peer}
+  default_backend peer
+backend ours
+  balance roundrobin
+  option httpchk GET /readyz
+  default-server check inter 500ms fall 2 rise 1
+  server blue 127.0.0.1:{blue} weight 50
+  server green 127.0.0.1:{green} weight 50
+backend peer
+  balance roundrobin
+  option httpchk GET /healthz
+  default-server check inter 500ms fall 2 rise 1
+  server a 127.0.0.1:{peer_a} weight 50
+  server b 127.0.0.1:{peer_b} weight 50
+"""
+
+
+class Sitting:
+    """The shared infrastructure of one benchmark sitting and the two systems on it."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.p = Procs(tmp)
+        self.ports = {k: free_port() for k in (
+            "redis_ours", "redis_peer", "moto", "blue", "green", "peer_a", "peer_b",
+            "lb_ours", "lb_peer")}
+        self.aws_env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                        "AWS_REGION": "ap-northeast-2", "AWS_DEFAULT_REGION": "ap-northeast-2",
+                        "AWS_ENDPOINT_URL_DYNAMODB": f"http://127.0.0.1:{self.ports['moto']}"}
+
+    def up(self) -> None:
+        redis = shutil.which("redis-server") or "redis-server"
+        for key in ("redis_ours", "redis_peer"):
+            self.p.start(key, [redis, "--port", str(self.ports[key]), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no", "--dir", str(self.tmp)])
+            wait_port(self.ports[key])
+        self.p.start("moto", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1",
+                              "-p", str(self.ports["moto"])])
+        wait_http(f"http://127.0.0.1:{self.ports['moto']}/moto-api/")
+        subprocess.run([sys.executable, "-m", "chat", "init-tables"], cwd=REPO, check=True,
+                       env={**os.environ, **self.aws_env}, stdout=subprocess.DEVNULL)
+        cfg = self.tmp / "haproxy.cfg"
+        cfg.write_text(HAPROXY_CFG.format(**self.ports))
+        self.p.start("haproxy", [shutil.which("haproxy") or "haproxy", "-db", "-f", str(cfg)])
+        wait_port(self.ports["lb_ours"])
+
+    def start_system(self, system: str) -> list[subprocess.Popen[bytes]]:
+        if system == OURS:
+            procs = []
+            for color, version in (("blue", "v1"), ("green", "v2")):
+                env = {**self.aws_env, "REDIS_URL": f"redis://127.0.0.1:{self.ports['redis_ours']}/0",
+                       "CHAT_LOG_LEVEL": "WARNING"}
+                procs.append(self.p.start(color, [
+                    sys.executable, "-m", "chat", "serve", "--host", "127.0.0.1",
+                    "--port", str(self.ports[color]), "--color", color, "--version", version],
+                    env=env, cwd=REPO))
+            for color in ("blue", "green"):
+                wait_http(f"http://127.0.0.1:{self.ports[color]}/readyz")
+            return procs
+        procs = [self.p.start(key, ["node", "server.js"], cwd=PEER, env={
+            "PORT": str(self.ports[key]),
+            "REDIS_URL": f"redis://127.0.0.1:{self.ports['redis_peer']}"})
+            for key in ("peer_a", "peer_b")]
+        for key in ("peer_a", "peer_b"):
+            wait_http(f"http://127.0.0.1:{self.ports[key]}/healthz")
+        return procs
+
+    def urls(self, system: str, via_lb: bool) -> list[str]:
+        if system == OURS:
+            if via_lb:
+                return [f"ws://127.0.0.1:{self.ports['lb_ours']}/ws"]
+            return [f"ws://127.0.0.1:{self.ports[c]}/ws" for c in ("blue", "green")]
+        if via_lb:
+            return [f"http://127.0.0.1:{self.ports['lb_peer']}"]
+        return [f"http://127.0.0.1:{self.ports[k]}" for k in ("peer_a", "peer_b")]
+
+    def wait_lb(self, system: str) -> None:
+        """Until HAProxy forwards to the (re)started servers of this system."""
+        port = self.ports["lb_ours" if system == OURS else "lb_peer"]
+        wait_http(f"http://127.0.0.1:{port}/" + ("readyz" if system == OURS else "healthz"))
+
+
+def loadgen(system: str, urls: list[str], users: int, rates: list[int], *, pids: list[int],
+            duration: float, warmup: float = 2, drain: float = 10, room: str,
+            hold: bool = False, timeout: float = 600) -> dict[str, Any]:
+    argv = ["node", str(PEER / "loadgen.js"), "--proto", "chat" if system == OURS else "sio",
+            "--users", str(users), "--rates", ",".join(map(str, rates)),
+            "--duration", str(duration), "--warmup", str(warmup), "--drain", str(drain),
+            "--room", room, "--pids", ",".join(map(str, pids))]
+    for u in urls:
+        argv += ["--url", u]
+    if hold:
+        argv.append("--hold")
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    for line in proc.stderr.splitlines():
+        log(f"  {line}")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"loadgen failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def memory(sitting: Sitting, system: str, pids: list[int], n: int, room: str) -> dict[str, Any]:
+    """RSS delta of both server processes with n idle connections, per connection."""
+    before = sum(rss_kib(p) for p in pids)
+    argv = ["node", str(PEER / "loadgen.js"), "--proto", "chat" if system == OURS else "sio",
+            "--users", str(n), "--room", room, "--hold", "--concurrency", "100"]
+    for u in sitting.urls(system, via_lb=False):
+        argv += ["--url", u]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    t0 = time.monotonic()
+    first = json.loads(proc.stdout.readline())
+    connect_s = time.monotonic() - t0
+    # Let the servers finish per-connection work (presence, connection records).
+    samples = []
+    for _ in range(6):
+        time.sleep(0.5)
+        samples.append(sum(rss_kib(p) for p in pids))
+    after = max(samples)
+    proc.terminate()  # the generator reports and closes its connections on SIGTERM
+    out, _ = proc.communicate(timeout=120)
+    final = json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])
+    connected = int(first["connected"])
+    return {"connected": connected, "rss_before_kib": before, "rss_after_kib": after,
+            "kib_per_conn": (after - before) / max(1, connected), "connect_wall_s": connect_s,
+            "connect_ms": final.get("connect_ms"), "unexpected_closes":
+            final.get("unexpected_closes", 0)}
+
+
+def run_round(sitting: Sitting, system: str, quick: bool, rnd: int) -> dict[str, Any]:
+    stamp = f"{system.replace('.', '')}-{rnd}-{int(time.time())}"
+    procs = sitting.start_system(system)
+    pids = [p.pid for p in procs]
+    try:
+        sitting.wait_lb(system)
+        log(f"{system} round {rnd}: demo load (100 users, 20 msg/s, via HAProxy)")
+        demo = loadgen(system, sitting.urls(system, via_lb=True), 100, [20], pids=pids,
+                       duration=6 if quick else 15, room=f"demo-{stamp}")
+        ladder_rates = [CPU_RATE, 60, 90] if quick else [20, CPU_RATE, 40, 50, 60, 80, 100, 120]
+        log(f"{system} round {rnd}: 1,000 clients, rates {ladder_rates}")
+        ladder = loadgen(system, sitting.urls(system, via_lb=False), 1000, ladder_rates,
+                         pids=pids, duration=5 if quick else 8, drain=8,
+                         room=f"ladder-{stamp}")
+    finally:
+        sitting.p.stop(procs)
+    procs = sitting.start_system(system)
+    try:
+        n = 1000 if quick else 2500
+        log(f"{system} round {rnd}: memory at {n} idle connections")
+        mem = memory(sitting, system, [p.pid for p in procs], n, room=f"idle-{stamp}")
+        if system == OURS:
+            mem["store"] = store_latency(sitting)
+    finally:
+        sitting.p.stop(procs)
+    return {"system": system, "round": rnd, "demo": demo, "ladder": ladder, "memory": mem}
+
+
+def store_latency(sitting: Sitting) -> dict[str, Any]:
+    """chat_store_latency_seconds of the blue instance: a coarse view from the buckets."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{sitting.ports['blue']}/metrics") as r:
+        text = r.read().decode()
+    m = re.search(r'chat_store_latency_seconds_sum\{[^}]*\} (\S+)', text)
+    c = re.search(r'chat_store_latency_seconds_count\{[^}]*\} (\S+)', text)
+    return {"sum_s": float(m.group(1)) if m else 0.0, "count": float(c.group(1)) if c else 0.0}
+
+
+# --- summary ---
+
+
+def _step(ladder: dict[str, Any], rate: int) -> dict[str, Any] | None:
+    return next((s for s in ladder.get("steps", []) if s["rate"] == rate), None)
+
+
+def sustained(ladder: dict[str, Any]) -> int:
+    best = 0
+    for s in ladder.get("steps", []):
+        if not s.get("sustained"):
+            break
+        best = s["rate"]
+    return best
+
+
+def summarise(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for system in (OURS, PEER_NAME):
+        rs = [r for r in rounds if r["system"] == system]
+        if not rs:
+            continue
+        cpu = [_step(r["ladder"], CPU_RATE) for r in rs]
+        cpu_ok = [s for s in cpu if s]
+        med = statistics.median
+
+        demo_steps = [r["demo"]["steps"][0] for r in rs if r["demo"].get("steps")]
+        out[system] = {
+            "rounds": len(rs),
+            "cpu_us": med([s["server_cpu_us_per_delivery"] for s in cpu_ok]) if cpu_ok else None,
+            "loadgen_cpu_us": med([s["loadgen_cpu_us_per_delivery"] for s in cpu_ok])
+            if cpu_ok else None,
+            "sustained": min(sustained(r["ladder"]) for r in rs),
+            "sustained_each": [sustained(r["ladder"]) for r in rs],
+            "demo": {p: pct(demo_steps, "latency_ms", p) for p in ("p50", "p95", "p99")},
+            "demo_lost": sum(s["lost"] + s["duplicated"] + s["out_of_order"] for s in demo_steps),
+            "k1": {p: pct(cpu_ok, "latency_ms", p) for p in ("p50", "p95", "p99")},
+            "k1_lost": sum(s["lost"] + s["duplicated"] + s["out_of_order"] for s in cpu_ok),
+            "mem_kib": med([r["memory"]["kib_per_conn"] for r in rs]),
+            "mem_n": rs[0]["memory"]["connected"],
+            "connect_p50": med([r["ladder"]["connect_ms"]["p50"] for r in rs]),
+            "connect_p99": med([r["ladder"]["connect_ms"]["p99"] for r in rs]),
+        }
+    return out
+
+
+def pct(steps: list[dict[str, Any]], key: str, p: str) -> float | None:
+    vals = [s[key][p] for s in steps if s and s[key][p] is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _f(v: float | None, fmt: str = "{:.1f}") -> str:
+    return "n/a" if v is None else fmt.format(v)
+
+
+def machine() -> str:
+    model = ""
+    with contextlib.suppress(OSError):
+        m = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        model = m.group(1).strip() if m else ""
+
+    def ver(argv: list[str]) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10,
+                                  check=False).stdout.strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "?"
+
+    pkgs = {}
+    for name in ("sanic", "websockets", "redis", "aioboto3", "moto"):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+            pkgs[name] = version(name)
+    node_pkgs = {}
+    for name in ("socket.io", "@socket.io/redis-adapter", "socket.io-client", "ws", "redis"):
+        with contextlib.suppress(OSError, ValueError):
+            node_pkgs[name] = json.loads(
+                (PEER / "node_modules" / name / "package.json").read_text())["version"]
+    py = ", ".join(f"{k} {v}" for k, v in pkgs.items())
+    js = ", ".join(f"{k} {v}" for k, v in node_pkgs.items())
+    return (f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, "
+            f"Python {platform.python_version()} ({py}), "
+            f"Node {ver(['node', '--version'])} ({js}), "
+            f"{ver(['redis-server', '--version'])[:40]}, {ver(['haproxy', '-v'])[:30]}")
+
+
+def table(summary: dict[str, dict[str, Any]], quick: bool, started: str,
+          load: str) -> str:
+    o, p = summary.get(OURS, {}), summary.get(PEER_NAME, {})
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return "n/a" if not a or not b else f"{a / b:.2f}×"
+
+    def goal(ok: bool | None, miss: str = "") -> str:
+        return "n/a" if ok is None else ("met" if ok else f"**not met** {miss}".strip())
+
+    cpu_ok = None if not o.get("cpu_us") or not p.get("cpu_us") else \
+        o["cpu_us"] <= 0.5 * p["cpu_us"]
+    rate_ok = None if not p.get("sustained") else o.get("sustained", 0) >= 2 * p["sustained"]
+    mem_ok = None if o.get("mem_kib") is None else o["mem_kib"] <= 16
+    demo_ok = None if o.get("demo", {}).get("p99") is None else o["demo"]["p99"] <= 25
+    rows = [
+        ("Server CPU per delivery, µs (both processes, 1,000 clients, "
+         f"{CPU_RATE} msg/s)", _f(o.get("cpu_us")), _f(p.get("cpu_us")),
+         ratio(o.get("cpu_us"), p.get("cpu_us")), "≤ 0.5×",
+         goal(cpu_ok, f"(need ≤ {_f(0.5 * p['cpu_us'])})" if cpu_ok is False else "")),
+        ("Sustainable send rate at 1,000 clients, msg/s (p99 < 250 ms, zero loss, every "
+         "round; per round)",
+         f"{o.get('sustained', 'n/a')} ({', '.join(map(str, o.get('sustained_each', [])))})",
+         f"{p.get('sustained', 'n/a')} ({', '.join(map(str, p.get('sustained_each', [])))})",
+         ratio(o.get("sustained"), p.get("sustained")), "≥ 2×", goal(rate_ok)),
+        ("Demo load (100 users, 20 msg/s, via HAProxy) p50 / p95 / p99, ms",
+         " / ".join(_f(o.get("demo", {}).get(k)) for k in ("p50", "p95", "p99")),
+         " / ".join(_f(p.get("demo", {}).get(k)) for k in ("p50", "p95", "p99")),
+         "", "ours p99 ≤ 25", goal(demo_ok)),
+        (f"1,000 clients at {CPU_RATE} msg/s p50 / p95 / p99, ms",
+         " / ".join(_f(o.get("k1", {}).get(k)) for k in ("p50", "p95", "p99")),
+         " / ".join(_f(p.get("k1", {}).get(k)) for k in ("p50", "p95", "p99")), "", "", ""),
+        (f"Memory per idle connection, KiB (RSS delta ÷ {o.get('mem_n', 'n')} connections)",
+         _f(o.get("mem_kib")), _f(p.get("mem_kib")), ratio(o.get("mem_kib"), p.get("mem_kib")),
+         "ours ≤ 16", goal(mem_ok)),
+        ("Connect time p50 / p99, ms (1,000 clients, 50 in flight)",
+         f"{_f(o.get('connect_p50'))} / {_f(o.get('connect_p99'))}",
+         f"{_f(p.get('connect_p50'))} / {_f(p.get('connect_p99'))}", "", "", ""),
+        ("Load generator CPU per delivery, µs (same window)", _f(o.get("loadgen_cpu_us")),
+         _f(p.get("loadgen_cpu_us")), "", "", ""),
+        ("Lost + duplicated + out of order (demo, and 1,000 clients at the CPU rate)",
+         f"{o.get('demo_lost', 'n/a')}, {o.get('k1_lost', 'n/a')}",
+         f"{p.get('demo_lost', 'n/a')}, {p.get('k1_lost', 'n/a')}", "", "0", ""),
+    ]
+    head = ["| measure | ours (Sanic, blue+green, DynamoDB path) | Socket.IO 4.8 + Redis adapter "
+            "(2 processes) | ours ÷ peer | goal | |", "|---|---|---|---|---|---|"]
+    body = [f"| {' | '.join(r)} |" for r in rows]
+    meta = [f"Run `{'bash bench/run.sh --quick' if quick else 'bash bench/run.sh'}` on "
+            f"{started}; rounds per system: {o.get('rounds', 0)} (A B A B…). Machine: "
+            f"{machine()}. Load average at the start: {load}."]
+    if quick:
+        meta.append("Quick mode: fewer rates, shorter windows, and memory at 1,000 (not "
+                    "2,500) connections.")
+    return "\n".join([*meta, "", *head, *body])
+
+
+def write_doc(section: str) -> None:
+    block = f"{START}\n{section}\n{END}"
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if START in text and END in text:
+        text = text[:text.index(START)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n## Fan-out vs Socket.IO\n\n" + block + "\n"
+    DOC.write_text(text)
+
+
+def ensure_peer() -> None:
+    if not (PEER / "node_modules" / "socket.io").exists():
+        log("installing the peer from npm (npm ci in bench/peer)")
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=PEER, check=True)
+
+
+@contextlib.contextmanager
+def sitting_up() -> Iterator[Sitting]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    s = Sitting(tmp)
+    try:
+        s.up()
+        yield s
+    finally:
+        s.p.stop_all()
+        log(f"logs in {tmp}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--quick", action="store_true", help="≤ 3 min: 1 round, fewer rates")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per system (default 2)")
+    ap.add_argument("--no-write", action="store_true", help="print only, keep docs as they are")
+    ap.add_argument("--json", default="", help="also write every raw report to this file")
+    args = ap.parse_args(argv)
+    rounds = args.rounds or (1 if args.quick else 2)
+    ensure_peer()
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = Path("/proc/loadavg").read_text().split()[0]
+    results: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    with sitting_up() as sitting:
+        for rnd in range(1, rounds + 1):
+            for system in (OURS, PEER_NAME):
+                results.append(run_round(sitting, system, args.quick, rnd))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    section = table(summarise(results), args.quick, started, load)
+    section += f"\n\nWall time of the sitting: {time.monotonic() - t0:.0f} s."
+    print(section)
+    if not args.no_write:
+        write_doc(section)
+        log(f"written to {DOC.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
