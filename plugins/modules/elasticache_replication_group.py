@@ -84,7 +84,10 @@ options:
     type: bool
     default: true
   wait:
-    description: Wait until the group is C(available) (or gone, for O(state=absent)).
+    description:
+      - Wait until the group is C(available) (or gone, for O(state=absent)).
+      - With O(state=absent) a group whose status is already C(deleting) is not deleted
+        again and reports no change.
     type: bool
     default: true
   wait_timeout:
@@ -334,12 +337,15 @@ def main():
         if params["state"] == "absent":
             if group is None:
                 result(module, False, None, {"before": {}, "after": {}})
+            # A group already being deleted counts as gone: no second delete call.
+            deleting = group.get("Status") == "deleting"
             diff = {"before": {"replication_group_id": group_id}, "after": {}}
-            if not module.check_mode and group.get("Status") != "deleting":
-                client.delete_replication_group(ReplicationGroupId=group_id, aws_retry=True)
+            if not module.check_mode:
+                if not deleting:
+                    client.delete_replication_group(ReplicationGroupId=group_id, aws_retry=True)
                 if params["wait"]:
                     wait_for(module, client, group_id, gone=True)
-            result(module, True, None, diff)
+            result(module, not deleting, None, {"before": {}, "after": {}} if deleting else diff)
 
         if group is None:
             req = build_create_params(params)
