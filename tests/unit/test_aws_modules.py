@@ -201,8 +201,8 @@ def test_lb_attributes_compare_only_given_keys_and_missing_keys_differ() -> None
 WANTED = {
     "comment": "chat", "enabled": True, "default_root_object": "index.html",
     "origins": {"site": {"domain_name": "b.s3.amazonaws.com", "origin_access_control_id": "E1"},
-                "alb": {"domain_name": "alb.elb.amazonaws.com", "origin_protocol_policy": "http-only",
-                        "origin_read_timeout": 60}},
+                "alb": {"domain_name": "alb.elb.amazonaws.com",
+                        "origin_protocol_policy": "http-only", "origin_read_timeout": 60}},
     "behaviors": {"default": {"target_origin_id": "site", "cache_policy_id": "opt",
                               "allowed_methods": ["GET", "HEAD"]},
                   "/ws": {"target_origin_id": "alb", "cache_policy_id": "off",
