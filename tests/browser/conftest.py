@@ -10,12 +10,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, expect, sync_playwright
 
 from tests.chatstack import ChatInstance, ChatStack, chat_stack
 from tests.conftest import REPO, free_port, wait_for_http
 
 __all__ = ["browser", "chat_stack", "green_first_proxy", "haproxy_front", "site_pair"]
+
+# The CI machine is small and shared: give each expectation room (they return as soon as
+# they hold, so this only lengthens a failure).
+expect.set_options(timeout=15_000)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
