@@ -34,7 +34,7 @@ def ws(inst: ChatInstance) -> str:
 def config(pair: tuple[ChatInstance, ChatInstance], **kw: Any) -> LoadGenConfig:
     blue, green = pair
     base: dict[str, Any] = dict(url=ws(blue), extra_urls=[ws(green)], users=20, rate=20.0,
-                                duration=5.0, ramp=1.0, drain=8.0, seed=11)
+                                duration=5.0, ramp=1.0, drain=20.0, seed=11)
     base.update(kw)
     return LoadGenConfig(**base)
 
@@ -106,7 +106,7 @@ def test_cli_writes_the_json_report_and_exits_zero(
     out = tmp_path / "report.json"
     proc = subprocess.run(
         [sys.executable, "-m", "chat", "loadgen", "--url", ws(blue), "--url", ws(green),
-         "--users", "6", "--rate", "10", "--duration", "2", "--ramp", "0.5", "--drain", "5",
+         "--users", "6", "--rate", "10", "--duration", "2", "--ramp", "0.5", "--drain", "20",
          "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stdout + proc.stderr
