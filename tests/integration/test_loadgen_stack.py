@@ -76,7 +76,7 @@ async def test_drain_of_green_moves_its_users_to_blue_without_loss(
     holder: list[LoadGen] = []
     task = asyncio.create_task(run_loadgen(
         LoadGenConfig(url=ws(blue), extra_urls=[ws(green)], users=20, rate=20.0,
-                      duration=12.0, ramp=1.0, drain=10.0, seed=11),
+                      duration=12.0, ramp=1.0, drain=20.0, seed=11),
         on_start=holder.append))
     try:
         await asyncio.sleep(0)  # let the task start: on_start runs before its first await
@@ -124,7 +124,7 @@ async def test_a_faulty_release_costs_retries_but_no_message(
                                      env={"CHAT_FAULT_RATE": "0.3"})
     try:
         r = await run_loadgen(LoadGenConfig(url=ws(blue), extra_urls=[ws(faulty)], users=10,
-                                            rate=10.0, duration=4.0, ramp=0.5, drain=10.0,
+                                            rate=10.0, duration=4.0, ramp=0.5, drain=20.0,
                                             seed=5, backoff_base=0.05, backoff_cap=0.5))
     finally:
         await asyncio.to_thread(faulty.stop)
