@@ -301,14 +301,20 @@ def test_a_crashed_instance_is_left_with_backoff_and_the_page_resumes_with_since
         expect(tab.page.get_by_test_id("message-list")).to_contain_text("one")
         doomed.proc.kill()
         doomed.proc.wait(10)
+        say(tab, "typed while cut off")       # stays "sending…", is resent after reconnect
         say(other, "two, while you were away")
         expect(tab.page.get_by_test_id("badge")).to_have_text("served by blue v1",
                                                               timeout=30_000)
         expect(tab.page.get_by_test_id("message-list")).to_contain_text("while you were away")
+        expect(tab.page.get_by_test_id("outbox").get_by_test_id("message")).to_have_count(0)
         say(tab, "three")
         expect(other.page.get_by_test_id("message-list")).to_contain_text("three")
         expect(tab.page.get_by_test_id("status")).to_be_hidden()
-        assert texts(tab) == ["one", "two, while you were away", "three"]
+        expect(tab.page.locator(".mine [data-testid=message-status]")).to_have_text(
+            ["sent", "sent"])
+        assert sorted(texts(tab)) == sorted(["one", "typed while cut off",
+                                             "two, while you were away", "three"])
+        assert texts(tab) == texts(other)     # once each, same order on both sides
         tab.ok()
         other.ok()
 
