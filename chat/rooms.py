@@ -40,6 +40,9 @@ class Client:
         self.metrics = metrics
         self.queue: asyncio.Queue[str] = asyncio.Queue(queue_size)
         self.buffer: list[tuple[int, str]] | None = []  # live frames held while joining
+        # The last seq its history covered: the room may lag behind the store (Redis down,
+        # a slow bus), so live frames at or below it would repeat or come out of order.
+        self.floor = 0
         self.closed = False
         self.close_code: int | None = None
         self.migrated = False
@@ -156,7 +159,7 @@ class Room:
         for client in list(self.clients):
             if client.buffer is not None:
                 client.buffer.append((seq, frame))
-            elif client.offer(frame):
+            elif seq > client.floor and client.offer(frame):
                 n += 1
         if n:
             m = self.rooms.metrics
@@ -235,6 +238,7 @@ class Room:
     def go_live(self, client: Client, last: int) -> None:
         """Hand the client its buffered frames past `last`; from now on it gets live ones."""
         buffered, client.buffer = client.buffer or [], None
+        client.floor = last
         for seq, frame in buffered:
             if seq > last:
                 client.offer(frame)
