@@ -124,6 +124,8 @@ def parse_client_frame(data: str | bytes) -> ClientFrame:
         obj = json.loads(data)
     except ValueError:
         raise ProtocolError(ErrorCode.BAD_JSON, "frame is not valid JSON") from None
+    except RecursionError:  # a few thousand nested brackets fit in one 16 KiB frame
+        raise ProtocolError(ErrorCode.BAD_JSON, "frame is nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.INVALID, "frame must be a JSON object")
     kind = obj.get("type")
