@@ -25,7 +25,7 @@ from sanic.response import HTTPResponse, file, text
 from sanic.response import json as json_response
 from websockets.exceptions import ConnectionClosed
 
-from . import protocol
+from . import protocol, wsfix
 from .bus import BusErrors, RoomBus
 from .config import Config
 from .metrics import Metrics
@@ -36,6 +36,7 @@ from .store import MessageStore, StoreUnavailable
 
 log = logging.getLogger("chat")
 _app_ids = itertools.count(1)
+wsfix.install()  # invalid UTF-8 in a text frame: close 1007 (Sanic 25 leaves it hanging)
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
