@@ -1,0 +1,498 @@
+"""The AWS target end to end against an AWS API emulator (moto server on 127.0.0.1).
+
+One scenario, in order (each test depends on the ones before it, like the runbook):
+site.yml provisions every tier -> boto3 reads back every resource and setting of issue 4
+-> canary.yml -e weight=50 -> a second site.yml changes nothing and keeps the canary's
+weights and ECS-registered targets -> a drifted circuit breaker is re-applied -> a 5xx burst
+on green makes canary.yml -e weight=90 refuse -> rollback.yml -> teardown.yml twice.
+
+The emulator is moto's own server started through roles/data/files/dynamodb_emulator.py,
+which only adds the `TableId` moto 5.2 leaves out of DescribeTable (community.aws's
+dynamodb_table reads it). Nothing here can reach real AWS: dummy credentials, every call
+goes to aws_endpoint_url.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.conftest import REPO, VENV_BIN, Service, free_port, wait_for_http
+
+pytestmark = [pytest.mark.aws, pytest.mark.integration]
+
+REGION = "ap-northeast-2"
+NAME = "canary-chat"
+ACCOUNT = "123456789012"  # moto's account
+CLOUDFRONT_PL = "com.amazonaws.global.cloudfront.origin-facing"
+CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
+ALL_VIEWER = "216adef6-5c7f-47e4-b989-5492eafa07d3"
+CACHING_OPTIMIZED = "658327ea-f89d-4fab-a63d-7e88639e58f6"
+TABLES = ["messages", "connections", "user-counter"]
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[Service]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "roles/data/files/dynamodb_emulator.py"),
+         "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    svc = Service(port, proc, f"http://127.0.0.1:{port}")
+    try:
+        wait_for_http(f"{svc.url}/moto-api/")
+        yield svc
+    finally:
+        svc.stop()
+
+
+class Aws:
+    """boto3 clients on the emulator."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._clients: dict[str, Any] = {}
+
+    def __getattr__(self, service: str) -> Any:
+        if service.startswith("_"):
+            raise AttributeError(service)
+        if service not in self._clients:
+            self._clients[service] = boto3.client(
+                service, endpoint_url=self.url, region_name=REGION,
+                aws_access_key_id="testing", aws_secret_access_key="testing")
+        return self._clients[service]
+
+
+def playbook(url: str, name: str, *extra: str, timeout: int = 420) -> tuple[int, str, int]:
+    """Run a playbook on the AWS inventory against the emulator: (rc, output, changed)."""
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_FORCE_COLOR="0", AWS_ACCESS_KEY_ID="testing",
+               AWS_SECRET_ACCESS_KEY="testing", PATH=f"{VENV_BIN}:{os.environ['PATH']}")
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "inventories/aws", name,
+         "-e", f"aws_endpoint_url={url}", *extra],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    out = proc.stdout + proc.stderr
+    changed = sum(int(n) for n in re.findall(r"\bchanged=(\d+)", out.split("PLAY RECAP")[-1]))
+    return proc.returncode, out, changed
+
+
+@pytest.fixture(scope="module")
+def aws(emulator: Service) -> Aws:
+    return Aws(emulator.url)
+
+
+@pytest.fixture(scope="module")
+def site(emulator: Service) -> str:
+    rc, out, _ = playbook(emulator.url, "site.yml")
+    assert rc == 0, out[-6000:]
+    return out
+
+
+def weights(aws: Aws) -> dict[str, int]:
+    lb = aws.elbv2.describe_load_balancers(Names=[NAME])["LoadBalancers"][0]
+    listener = next(li for li in aws.elbv2.describe_listeners(
+        LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"] if li["Port"] == 80)
+    tgs = {tg["TargetGroupArn"]: tg["TargetGroupName"].rsplit("-", 1)[-1]
+           for tg in aws.elbv2.describe_target_groups(
+               Names=[f"{NAME}-blue", f"{NAME}-green"])["TargetGroups"]}
+    fwd = listener["DefaultActions"][0]["ForwardConfig"]["TargetGroups"]
+    return {tgs[t["TargetGroupArn"]]: t["Weight"] for t in fwd}
+
+
+def tg_arn(aws: Aws, color: str) -> str:
+    return str(aws.elbv2.describe_target_groups(
+        Names=[f"{NAME}-{color}"])["TargetGroups"][0]["TargetGroupArn"])
+
+
+def vpc_id(aws: Aws) -> str:
+    vpcs = aws.ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": [NAME]}])["Vpcs"]
+    assert len(vpcs) == 1
+    return str(vpcs[0]["VpcId"])
+
+
+def subnets(aws: Aws) -> dict[str, dict[str, Any]]:
+    out = {}
+    for s in aws.ec2.describe_subnets(
+            Filters=[{"Name": "vpc-id", "Values": [vpc_id(aws)]}])["Subnets"]:
+        name = next(t["Value"] for t in s.get("Tags", []) if t["Key"] == "Name")
+        out[name] = s
+    return out
+
+
+def group(aws: Aws, name: str) -> dict[str, Any]:
+    groups = aws.ec2.describe_security_groups(Filters=[
+        {"Name": "group-name", "Values": [name]},
+        {"Name": "vpc-id", "Values": [vpc_id(aws)]}])["SecurityGroups"]
+    assert len(groups) == 1, name
+    return dict(groups[0])
+
+
+# ---------------------------------------------------------------- 1. every resource
+
+def test_network_vpc_subnets_one_nat_routes_and_dynamodb_endpoint(site: str, aws: Aws) -> None:
+    vpc = aws.ec2.describe_vpcs(VpcIds=[vpc_id(aws)])["Vpcs"][0]
+    assert vpc["CidrBlock"] == "10.0.0.0/16"
+    subs = subnets(aws)
+    assert {n: (s["CidrBlock"], s["AvailabilityZone"]) for n, s in subs.items()} == {
+        f"{NAME}-public-a": ("10.0.0.0/24", "ap-northeast-2a"),
+        f"{NAME}-public-c": ("10.0.1.0/24", "ap-northeast-2c"),
+        f"{NAME}-private-a": ("10.0.10.0/24", "ap-northeast-2a"),
+        f"{NAME}-private-c": ("10.0.11.0/24", "ap-northeast-2c"),
+    }
+    assert not any(s["MapPublicIpOnLaunch"] for s in subs.values())
+    igws = aws.ec2.describe_internet_gateways(
+        Filters=[{"Name": "attachment.vpc-id", "Values": [vpc_id(aws)]}])["InternetGateways"]
+    assert len(igws) == 1
+    nats = [n for n in aws.ec2.describe_nat_gateways(
+        Filter=[{"Name": "vpc-id", "Values": [vpc_id(aws)]}])["NatGateways"]
+        if n["State"] in ("pending", "available")]
+    assert len(nats) == 1, "one NAT gateway shared by both private subnets"
+    assert nats[0]["SubnetId"] == subs[f"{NAME}-public-a"]["SubnetId"]
+
+    rts = aws.ec2.describe_route_tables(
+        Filters=[{"Name": "vpc-id", "Values": [vpc_id(aws)]}])["RouteTables"]
+    by_subnet = {a["SubnetId"]: rt for rt in rts for a in rt["Associations"] if a.get("SubnetId")}
+    for tier in ("public-a", "public-c"):
+        routes = by_subnet[subs[f"{NAME}-{tier}"]["SubnetId"]]["Routes"]
+        default = next(r for r in routes if r.get("DestinationCidrBlock") == "0.0.0.0/0")
+        assert default["GatewayId"] == igws[0]["InternetGatewayId"]
+    private_rts = set()
+    for tier in ("private-a", "private-c"):
+        rt = by_subnet[subs[f"{NAME}-{tier}"]["SubnetId"]]
+        private_rts.add(rt["RouteTableId"])
+        default = next(r for r in rt["Routes"] if r.get("DestinationCidrBlock") == "0.0.0.0/0")
+        assert default["NatGatewayId"] == nats[0]["NatGatewayId"]
+    assert len(private_rts) == 2, "one route table per private subnet"
+
+    eps = aws.ec2.describe_vpc_endpoints(
+        Filters=[{"Name": "vpc-id", "Values": [vpc_id(aws)]}])["VpcEndpoints"]
+    assert len(eps) == 1
+    assert eps[0]["ServiceName"] == f"com.amazonaws.{REGION}.dynamodb"
+    assert eps[0]["VpcEndpointType"] == "Gateway"
+    assert set(eps[0]["RouteTableIds"]) == private_rts
+
+
+def _ingress(sg: dict[str, Any]) -> list[tuple[Any, ...]]:
+    rules = []
+    for p in sg["IpPermissions"]:
+        for src in ([("pl", x["PrefixListId"]) for x in p.get("PrefixListIds", [])]
+                    + [("sg", x["GroupId"]) for x in p.get("UserIdGroupPairs", [])]
+                    + [("cidr", x["CidrIp"]) for x in p.get("IpRanges", [])]):
+            rules.append((p["IpProtocol"], p.get("FromPort"), p.get("ToPort"), *src))
+    return sorted(rules)
+
+
+def test_security_groups_admit_exactly_the_chain_cloudfront_alb_tasks_redis(
+        site: str, aws: Aws) -> None:
+    pl = aws.ec2.describe_managed_prefix_lists(
+        Filters=[{"Name": "prefix-list-name", "Values": [CLOUDFRONT_PL]}])["PrefixLists"][0]
+    alb, tasks, redis = (group(aws, f"{NAME}-{n}") for n in ("alb", "tasks", "redis"))
+    assert _ingress(alb) == [("tcp", 80, 80, "pl", pl["PrefixListId"])]
+    assert _ingress(tasks) == [("tcp", 8000, 8000, "sg", alb["GroupId"])]
+    assert _ingress(redis) == [("tcp", 6379, 6379, "sg", tasks["GroupId"])]
+
+
+def test_iam_task_role_is_limited_to_the_three_tables(site: str, aws: Aws) -> None:
+    for role in (f"{NAME}-task", f"{NAME}-execution"):
+        trust = aws.iam.get_role(RoleName=role)["Role"]["AssumeRolePolicyDocument"]
+        assert trust["Statement"][0]["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
+        assert aws.iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"] == []
+    doc = aws.iam.get_role_policy(RoleName=f"{NAME}-task", PolicyName="chat-tables")
+    statements = doc["PolicyDocument"]["Statement"]
+    assert len(statements) == 1
+    assert all(a.startswith("dynamodb:") and "*" not in a for a in statements[0]["Action"])
+    assert sorted(statements[0]["Resource"]) == sorted(
+        f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{NAME}-{t}" for t in TABLES)
+    exe = aws.iam.get_role_policy(RoleName=f"{NAME}-execution", PolicyName="execution")
+    resources = [r for s in exe["PolicyDocument"]["Statement"]
+                 for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])]
+    assert f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{NAME}/admin-token" in resources
+    assert f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{NAME}-chat" in resources
+
+
+def test_tables_are_on_demand_with_ttl_on_connections(site: str, aws: Aws) -> None:
+    for t in TABLES:
+        desc = aws.dynamodb.describe_table(TableName=f"{NAME}-{t}")["Table"]
+        # DESIGN trap: the module's default is provisioned capacity
+        assert desc["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST", t
+    keys = aws.dynamodb.describe_table(TableName=f"{NAME}-messages")["Table"]["KeySchema"]
+    assert keys == [{"AttributeName": "room", "KeyType": "HASH"},
+                    {"AttributeName": "seq", "KeyType": "RANGE"}]
+    ttl = aws.dynamodb.describe_time_to_live(TableName=f"{NAME}-connections")
+    assert ttl["TimeToLiveDescription"] == {"TimeToLiveStatus": "ENABLED", "AttributeName": "ttl"}
+
+
+def test_redis_is_a_replication_group_with_failover_multi_az_and_encryption(
+        site: str, aws: Aws) -> None:
+    rg = aws.elasticache.describe_replication_groups(ReplicationGroupId=NAME)[
+        "ReplicationGroups"][0]
+    assert rg["CacheNodeType"] == "cache.t4g.micro"
+    assert rg["AutomaticFailover"] == "enabled"
+    assert rg["MultiAZ"] == "enabled"
+    assert rg["AtRestEncryptionEnabled"] is True
+    assert rg["SnapshotRetentionLimit"] == 0
+    assert rg["NodeGroups"][0]["PrimaryEndpoint"]["Address"]
+    # (moto records one member whatever NumCacheClusters says; the request asked for 2)
+    sng = aws.elasticache.describe_cache_subnet_groups(CacheSubnetGroupName=NAME)[
+        "CacheSubnetGroups"][0]
+    subs = subnets(aws)
+    assert {s["SubnetIdentifier"] for s in sng["Subnets"]} == {
+        subs[f"{NAME}-private-a"]["SubnetId"], subs[f"{NAME}-private-c"]["SubnetId"]}
+
+
+def test_alb_target_groups_listener_90_10_and_access_logs(site: str, aws: Aws) -> None:
+    lb = aws.elbv2.describe_load_balancers(Names=[NAME])["LoadBalancers"][0]
+    assert lb["Scheme"] == "internet-facing"
+    subs = subnets(aws)
+    assert {a["SubnetId"] for a in lb["AvailabilityZones"]} == {
+        subs[f"{NAME}-public-a"]["SubnetId"], subs[f"{NAME}-public-c"]["SubnetId"]}
+    assert lb["SecurityGroups"] == [group(aws, f"{NAME}-alb")["GroupId"]]
+    attrs = {a["Key"]: a["Value"] for a in aws.elbv2.describe_load_balancer_attributes(
+        LoadBalancerArn=lb["LoadBalancerArn"])["Attributes"]}
+    assert int(attrs["idle_timeout.timeout_seconds"]) >= 120  # WebSocket ping is 20 s
+    assert attrs["access_logs.s3.enabled"] == "true"
+    bucket = attrs["access_logs.s3.bucket"]
+    assert bucket == f"{NAME}-alb-logs-{ACCOUNT}"
+    policy = json.loads(aws.s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    assert policy["Statement"][0]["Principal"] == {"AWS": "arn:aws:iam::600734575887:root"}
+    assert weights(aws) == {"blue": 90, "green": 10}
+    for color in ("blue", "green"):
+        tg = aws.elbv2.describe_target_groups(Names=[f"{NAME}-{color}"])["TargetGroups"][0]
+        assert tg["TargetType"] == "ip" and tg["Port"] == 8000 and tg["Protocol"] == "HTTP"
+        assert tg["HealthCheckPath"] == "/readyz"
+        tga = {a["Key"]: a["Value"] for a in aws.elbv2.describe_target_group_attributes(
+            TargetGroupArn=tg["TargetGroupArn"])["Attributes"]}
+        assert int(tga["deregistration_delay.timeout_seconds"]) <= 60
+
+
+def test_ecs_services_task_definitions_image_repository_and_secret(site: str, aws: Aws) -> None:
+    repo = aws.ecr.describe_repositories(repositoryNames=[f"{NAME}-chat"])["repositories"][0]
+    assert repo["imageScanningConfiguration"]["scanOnPush"] is True
+    param = aws.ssm.describe_parameters(
+        ParameterFilters=[{"Key": "Name", "Values": [f"/{NAME}/admin-token"]}])["Parameters"]
+    assert param[0]["Type"] == "SecureString"
+    rg = aws.elasticache.describe_replication_groups(ReplicationGroupId=NAME)[
+        "ReplicationGroups"][0]
+    primary = rg["NodeGroups"][0]["PrimaryEndpoint"]["Address"]
+    services = aws.ecs.describe_services(cluster=NAME, services=["chat-blue", "chat-green"])[
+        "services"]
+    assert len(services) == 2
+    subs = subnets(aws)
+    private = {subs[f"{NAME}-private-a"]["SubnetId"], subs[f"{NAME}-private-c"]["SubnetId"]}
+    for svc in services:
+        color = svc["serviceName"].split("-")[1]
+        assert svc["launchType"] == "FARGATE" and svc["desiredCount"] == 1
+        vpc_cfg = svc["networkConfiguration"]["awsvpcConfiguration"]
+        assert set(vpc_cfg["subnets"]) == private
+        assert vpc_cfg["assignPublicIp"] == "DISABLED"
+        assert vpc_cfg["securityGroups"] == [group(aws, f"{NAME}-tasks")["GroupId"]]
+        breaker = svc["deploymentConfiguration"]["deploymentCircuitBreaker"]
+        assert breaker == {"enable": True, "rollback": True}
+        assert svc["loadBalancers"][0]["targetGroupArn"] == tg_arn(aws, color)
+        td = aws.ecs.describe_task_definition(taskDefinition=svc["taskDefinition"])[
+            "taskDefinition"]
+        assert (td["cpu"], td["memory"]) == ("256", "512")
+        assert td["requiresCompatibilities"] == ["FARGATE"] and td["networkMode"] == "awsvpc"
+        c = td["containerDefinitions"][0]
+        env = {e["name"]: e["value"] for e in c["environment"]}
+        assert env["REDIS_URL"] == f"redis://{primary}:6379/0"
+        assert env["CHAT_COLOR"] == color
+        assert env["CHAT_TABLE_MESSAGES"] == f"{NAME}-messages"
+        assert env["CHAT_TABLE_CONNECTIONS"] == f"{NAME}-connections"
+        assert env["CHAT_TABLE_USER_COUNTER"] == f"{NAME}-user-counter"
+        assert c["secrets"] == [{"name": "CHAT_ADMIN_TOKEN", "valueFrom":
+                                 f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{NAME}/admin-token"}]
+        assert "CHAT_ADMIN_TOKEN" not in env
+        assert c["logConfiguration"]["logDriver"] == "awslogs"
+        assert c["logConfiguration"]["options"]["awslogs-group"] == f"/ecs/{NAME}"
+        assert c["image"].startswith(repo["repositoryUri"])  # the emulator's placeholder
+    groups = aws.logs.describe_log_groups(logGroupNamePrefix=f"/ecs/{NAME}")["logGroups"]
+    assert groups[0]["retentionInDays"] == 7
+
+
+def test_site_bucket_private_and_cloudfront_routes_ws_and_api_to_the_alb(
+        site: str, aws: Aws) -> None:
+    bucket = f"{NAME}-site-{ACCOUNT}"
+    enc = aws.s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
+    assert enc["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    pab = aws.s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert all(pab.values()) and len(pab) == 4
+    keys = {o["Key"] for o in aws.s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert {"index.html", "app.js", "board"} <= keys
+
+    oacs = [o for o in aws.cloudfront.list_origin_access_controls()[
+        "OriginAccessControlList"].get("Items", []) if o["Name"] == f"{NAME}-site"]
+    assert len(oacs) == 1
+    assert (oacs[0]["SigningBehavior"], oacs[0]["OriginAccessControlOriginType"]) == (
+        "always", "s3")
+    dists = [d for d in aws.cloudfront.list_distributions()["DistributionList"]["Items"]
+             if d["Comment"] == NAME]
+    assert len(dists) == 1
+    cfg = aws.cloudfront.get_distribution_config(Id=dists[0]["Id"])["DistributionConfig"]
+    origins = {o["Id"]: o for o in cfg["Origins"]["Items"]}
+    assert origins["site"]["DomainName"] == f"{bucket}.s3.{REGION}.amazonaws.com"
+    alb = aws.elbv2.describe_load_balancers(Names=[NAME])["LoadBalancers"][0]
+    assert origins["alb"]["DomainName"] == alb["DNSName"]
+    assert origins["alb"]["CustomOriginConfig"]["OriginProtocolPolicy"] == "http-only"
+    default = cfg["DefaultCacheBehavior"]
+    assert default["TargetOriginId"] == "site"
+    assert default["ViewerProtocolPolicy"] == "redirect-to-https"
+    assert default["CachePolicyId"] == CACHING_OPTIMIZED
+    behaviors = {b["PathPattern"]: b for b in cfg["CacheBehaviors"]["Items"]}
+    assert set(behaviors) == {"/ws", "/api/*"}
+    for b in behaviors.values():
+        assert b["TargetOriginId"] == "alb"
+        assert b["ViewerProtocolPolicy"] == "redirect-to-https"
+        assert b["CachePolicyId"] == CACHING_DISABLED
+        assert b["OriginRequestPolicyId"] == ALL_VIEWER
+        assert set(b["AllowedMethods"]["Items"]) >= {"GET", "POST", "OPTIONS"}
+    policy = json.loads(aws.s3.get_bucket_policy(Bucket=bucket)["Policy"])["Statement"][0]
+    assert policy["Principal"] == {"Service": "cloudfront.amazonaws.com"}
+    assert policy["Condition"]["StringEquals"]["AWS:SourceArn"] == dists[0]["ARN"]
+
+
+def test_dashboard_and_green_alarms_exist(site: str, aws: Aws) -> None:
+    body = json.loads(aws.cloudwatch.get_dashboard(DashboardName=NAME)["DashboardBody"])
+    titles = " ".join(w["properties"].get("title", "") for w in body["widgets"])
+    for word in ("Healthy", "4xx / 5xx", "P95", "Requests", "ECS", "Redis"):
+        assert word in titles
+    green_dim = tg_arn(aws, "green").split(":")[-1]
+    assert green_dim in json.dumps(body)
+    alarms = {a["AlarmName"]: a for a in aws.cloudwatch.describe_alarms(
+        AlarmNamePrefix=f"{NAME}-green-")["MetricAlarms"]}
+    assert set(alarms) == {f"{NAME}-green-5xx", f"{NAME}-green-p95", f"{NAME}-green-unhealthy"}
+    assert alarms[f"{NAME}-green-p95"]["ExtendedStatistic"] == "p95"
+    for name in (f"{NAME}-green-p95", f"{NAME}-green-unhealthy"):
+        dims = {d["Name"]: d["Value"] for d in alarms[name]["Dimensions"]}
+        assert dims["TargetGroup"] == green_dim
+
+
+# ---------------------------------------------------------------- 2-3. runs after the first
+
+def test_canary_to_50_reads_back_50_50(site: str, emulator: Service, aws: Aws) -> None:
+    # ECS would register each task's IP; the emulator runs no task, so register one per color.
+    for i, color in enumerate(("blue", "green")):
+        aws.elbv2.register_targets(TargetGroupArn=tg_arn(aws, color),
+                                   Targets=[{"Id": f"10.0.10.{10 + i}", "Port": 8000}])
+    rc, out, _ = playbook(emulator.url, "canary.yml", "-e", "weight=50", "-e", "bake_seconds=1")
+    assert rc == 0, out[-5000:]
+    assert weights(aws) == {"blue": 50, "green": 50}
+
+
+def test_second_site_run_changes_nothing_keeps_weights_and_registered_targets(
+        site: str, emulator: Service, aws: Aws) -> None:
+    rc, out, changed = playbook(emulator.url, "site.yml")
+    assert rc == 0, out[-5000:]
+    assert changed == 0, [line for line in out.splitlines() if line.startswith(("TASK", "changed"))]
+    # DESIGN traps: the listener's weighted forward action is not reset by site.yml, and
+    # elb_target_group (modify_targets: false) does not deregister what ECS registered
+    assert weights(aws) == {"blue": 50, "green": 50}
+    for color in ("blue", "green"):
+        health = aws.elbv2.describe_target_health(TargetGroupArn=tg_arn(aws, color))
+        assert len(health["TargetHealthDescriptions"]) == 1, color
+
+
+def test_drifted_circuit_breaker_is_reapplied(site: str, emulator: Service, aws: Aws) -> None:
+    # DESIGN trap: ecs_service alone never re-applies a changed circuit breaker
+    aws.ecs.update_service(cluster=NAME, service="chat-green", deploymentConfiguration={
+        "deploymentCircuitBreaker": {"enable": False, "rollback": False}})
+    rc, out, changed = playbook(emulator.url, "playbooks/compute.yml")
+    assert rc == 0, out[-5000:]
+    assert changed >= 1
+    svc = aws.ecs.describe_services(cluster=NAME, services=["chat-green"])["services"][0]
+    assert svc["deploymentConfiguration"]["deploymentCircuitBreaker"] == {
+        "enable": True, "rollback": True}
+
+
+def test_green_5xx_burst_makes_canary_90_refuse_and_keep_50_50(
+        site: str, emulator: Service, aws: Aws) -> None:
+    lb = aws.elbv2.describe_load_balancers(Names=[NAME])["LoadBalancers"][0]
+    dims = [{"Name": "TargetGroup", "Value": tg_arn(aws, "green").split(":")[-1]},
+            {"Name": "LoadBalancer", "Value": lb["LoadBalancerArn"].split(":loadbalancer/")[-1]}]
+    now = datetime.datetime.now(datetime.UTC)
+    aws.cloudwatch.put_metric_data(Namespace="AWS/ApplicationELB", MetricData=[
+        {"MetricName": "HTTPCode_Target_5XX_Count", "Dimensions": dims, "Timestamp": now,
+         "Value": 40, "Unit": "Count"},
+        {"MetricName": "RequestCount", "Dimensions": dims, "Timestamp": now,
+         "Value": 100, "Unit": "Count"}])
+    rc, out, _ = playbook(emulator.url, "canary.yml", "-e", "weight=90", "-e", "bake_seconds=1")
+    assert rc != 0
+    assert "error_rate" in out and "previous weights restored" in out
+    assert weights(aws) == {"blue": 50, "green": 50}
+
+
+def test_rollback_puts_everyone_on_blue(site: str, emulator: Service, aws: Aws) -> None:
+    rc, out, _ = playbook(emulator.url, "rollback.yml")
+    assert rc == 0, out[-5000:]
+    assert weights(aws) == {"blue": 100, "green": 0}
+
+
+# ---------------------------------------------------------------- 4. teardown
+
+def _leftovers(aws: Aws) -> list[str]:
+    left = []
+    if aws.ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": [NAME]}])["Vpcs"]:
+        left.append("vpc")
+    if [n for n in aws.ec2.describe_nat_gateways()["NatGateways"]
+            if n["State"] not in ("deleted", "deleting")]:
+        left.append("nat")
+    if [g for g in aws.ec2.describe_security_groups()["SecurityGroups"]
+            if g["GroupName"].startswith(NAME)]:
+        left.append("security groups")
+    names = {r["RoleName"] for r in aws.iam.list_roles()["Roles"]}
+    if names & {f"{NAME}-task", f"{NAME}-execution"}:
+        left.append("iam roles")
+    if [t for t in aws.dynamodb.list_tables()["TableNames"] if t.startswith(NAME)]:
+        left.append("tables")
+    # moto keeps a deleted replication group in "deleting" for ever
+    if [g for g in aws.elasticache.describe_replication_groups()["ReplicationGroups"]
+            if g["Status"] != "deleting"]:
+        left.append("redis")
+    if aws.elbv2.describe_load_balancers()["LoadBalancers"]:
+        left.append("alb")
+    if aws.elbv2.describe_target_groups()["TargetGroups"]:
+        left.append("target groups")
+    if [c for c in aws.ecs.describe_clusters(clusters=[NAME])["clusters"]
+            if c["status"] == "ACTIVE"]:
+        left.append("ecs cluster")
+    if aws.ecr.describe_repositories()["repositories"]:
+        left.append("ecr")
+    if [b for b in aws.s3.list_buckets()["Buckets"] if b["Name"].startswith(NAME)]:
+        left.append("buckets")
+    if aws.cloudfront.list_distributions()["DistributionList"].get("Items"):
+        left.append("cloudfront")
+    if aws.cloudfront.list_origin_access_controls()["OriginAccessControlList"].get("Items"):
+        left.append("oac")
+    if aws.cloudwatch.describe_alarms()["MetricAlarms"]:
+        left.append("alarms")
+    if aws.cloudwatch.list_dashboards()["DashboardEntries"]:
+        left.append("dashboard")
+    if aws.logs.describe_log_groups(logGroupNamePrefix=f"/ecs/{NAME}")["logGroups"]:
+        left.append("log group")
+    if aws.ssm.describe_parameters()["Parameters"]:
+        left.append("ssm")
+    return left
+
+
+def test_teardown_removes_everything_and_runs_again_cleanly(
+        site: str, emulator: Service, aws: Aws) -> None:
+    rc, out, _ = playbook(emulator.url, "teardown.yml")
+    assert rc == 0, out[-5000:]
+    # (the cache subnet group stays: moto 5.2 does not implement DeleteCacheSubnetGroup, so
+    # the role skips that one call against an emulator)
+    assert _leftovers(aws) == []
+    rc, out, changed = playbook(emulator.url, "teardown.yml")
+    assert rc == 0, out[-5000:]
+    assert changed == 0
+
