@@ -17,7 +17,7 @@ description:
   - An OAC lets CloudFront sign its requests to a private S3 bucket, whose policy then
     admits only that distribution (the successor of origin access identities).
 author:
-  - canary-chat developers
+  - canary-chat developers (@canary-chat)
 options:
   name:
     description: Name of the origin access control (unique in the account).

@@ -17,7 +17,7 @@ description:
   - The body is compared as data (key order and whitespace do not matter), so an unchanged
     dashboard reports no change.
 author:
-  - canary-chat developers
+  - canary-chat developers (@canary-chat)
 options:
   name:
     description: Dashboard name.

@@ -18,7 +18,7 @@ description:
     ID in a security group rule's C(ip_prefix).
   - Read only; amazon.aws has no module for DescribeManagedPrefixLists.
 author:
-  - canary-chat developers
+  - canary-chat developers (@canary-chat)
 options:
   names:
     description: Prefix list names to look up; all lists when empty.

@@ -19,7 +19,7 @@ description:
     existing group (at-rest encryption, subnet group, port) are reported as a failure
     rather than silently ignored.
 author:
-  - canary-chat developers
+  - canary-chat developers (@canary-chat)
 options:
   replication_group_id:
     description: The replication group identifier (lowercase, 1-40 characters).

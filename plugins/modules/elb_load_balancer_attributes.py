@@ -19,7 +19,7 @@ description:
     one of them in DescribeLoadBalancerAttributes; this module treats a key that is not
     listed as unset, so it also works against API emulators that list only what was set.
 author:
-  - canary-chat developers
+  - canary-chat developers (@canary-chat)
 options:
   name:
     description: Name of the load balancer. One of O(name) or O(load_balancer_arn).
