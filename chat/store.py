@@ -186,7 +186,12 @@ class MessageStore:
                 status = await self._status(room, first)
                 if status == "stored":
                     return Appended(first, 0, True, None)
-                if status == "void" or _now_ms() - claimed_at > STALE_CLAIM_MS:
+                if status == "missing" and _now_ms() - claimed_at > STALE_CLAIM_MS:
+                    # the first attempt may still land: fence its number before taking over
+                    if await self.fence(room, first) is not None:
+                        return Appended(first, 0, True, None)
+                    status = "void"
+                if status == "void":
                     replaces = first
                     break
                 if time.monotonic() > deadline:
@@ -207,6 +212,31 @@ class MessageStore:
             await self._void(room, seq)
             raise StoreUnavailable(f"put_item: {e}") from e
         return Appended(seq, ts, False, frame)
+
+    async def fence(self, room: str, seq: int) -> dict[str, Any] | None:
+        """Settle a number a reader will not wait for any longer: void it unless its message
+        is already stored. Returns that message, or None when the number is void.
+
+        After a fence, the late writer's conditional put fails and its sender is answered
+        `unavailable` (the retry gets a new number): no send is ever acknowledged under a
+        number that a room skipped. Raises StoreUnavailable when DynamoDB cannot say.
+        """
+        try:
+            await self.client.put_item(
+                TableName=self.messages,
+                Item={"room": {"S": room}, "seq": {"N": str(seq)}, "void": {"BOOL": True},
+                      "ts": {"N": str(_now_ms())}},
+                ConditionExpression="attribute_not_exists(seq)")
+            return None
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise StoreUnavailable(f"put_item: {e}") from e
+        except (TimeoutError, BotoCoreError, OSError) as e:
+            raise StoreUnavailable(f"put_item: {e}") from e
+        r = await self._call("get_item", TableName=self.messages, ConsistentRead=True,
+                             Key={"room": {"S": room}, "seq": {"N": str(seq)}})
+        item = r.get("Item")
+        return item_to_message(item) if item else None
 
     async def _void(self, room: str, seq: int) -> None:
         """Mark a number whose message will never exist (best effort)."""

@@ -1,0 +1,292 @@
+"""The fault-injection stack: redis-server, moto server (behind a switchable TCP forwarder),
+chat blue and green, and a real HAProxy in front of them, all on FREE 127.0.0.1 ports.
+
+It mimics the local stack (roles/loadbalancer/templates/haproxy.cfg.j2): one backend `chat`
+with servers `blue` and `green`, health checks on /readyz, WebSocket tunnel timeout, retry
+of refused / 503 handshakes on the other server, and an admin runtime socket for
+`traffic_shift`. Nothing here touches the fixed local-stack ports.
+
+Each scenario prints a one-line JSON summary (and appends it to $FAULTS_RESULTS when set),
+the figures docs/reliability.md records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chat.loadgen import LoadGen
+from tests.chatstack import ChatInstance, ChatStack, http
+from tests.conftest import (
+    REPO,
+    Service,
+    free_port,
+    start_moto,
+    start_redis,
+    wait_for_http,
+    wait_for_port,
+)
+
+HAPROXY_CFG = """\
+global
+    maxconn 6000
+    stats socket {sock} mode 600 level admin
+    stats timeout 30s
+defaults
+    mode http
+    timeout connect 2s
+    timeout check 3s
+    timeout client 30s
+    timeout server 30s
+    timeout http-request 10s
+    timeout tunnel 1h
+    timeout client-fin 5s
+    retries 3
+    retry-on conn-failure empty-response 503
+    option redispatch 1
+    default-server check inter 500ms fall 2 rise 2
+frontend www
+    bind 127.0.0.1:{port}
+    default_backend chat
+backend chat
+    balance roundrobin
+    option httpchk
+    http-check send meth GET uri /readyz
+    http-check expect status 200
+    server blue 127.0.0.1:{blue} weight {wb}
+    server green 127.0.0.1:{green} weight {wg}
+"""
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@dataclass
+class FaultStack:
+    workdir: Path
+    redis: Service
+    moto: Service
+    proxy: subprocess.Popen[bytes]
+    proxy_port: int
+    chat: ChatStack
+    blue: ChatInstance
+    green: ChatInstance
+    lb_port: int = 0
+    sock: str = ""
+    haproxy: subprocess.Popen[bytes] | None = None
+    green_env: dict[str, str] = field(default_factory=dict)
+
+    # ---- load balancer
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.lb_port}/ws"
+
+    def start_haproxy(self, weights: tuple[int, int] = (50, 50)) -> None:
+        exe = shutil.which("haproxy")
+        if exe is None:
+            pytest.fail("haproxy is not installed (scripts/setup.sh installs it)")
+        self.lb_port = free_port()
+        sockdir = tempfile.mkdtemp(prefix="flt-")  # UNIX socket paths are short
+        self.sock = os.path.join(sockdir, "haproxy.sock")
+        cfg = self.workdir / "haproxy.cfg"
+        cfg.write_text(HAPROXY_CFG.format(sock=self.sock, port=self.lb_port,
+                                          blue=self.blue.port, green=self.green.port,
+                                          wb=weights[0], wg=weights[1]))
+        self.haproxy = subprocess.Popen([exe, "-db", "-f", str(cfg)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.lb_port)
+        self.wait_status("blue", "UP")
+        self.wait_status("green", "UP")
+
+    def cli(self, command: str) -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(self.sock)
+            s.sendall(command.encode() + b"\n")
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def weights(self) -> dict[str, int]:
+        return {c: int(self.cli(f"get weight chat/{c}").split()[0]) for c in ("blue", "green")}
+
+    def set_weights(self, blue: int, green: int) -> None:
+        self.cli(f"set server chat/blue weight {blue};set server chat/green weight {green}")
+
+    def status(self, color: str) -> str:
+        lines = self.cli("show stat").splitlines()
+        header = lines[0][2:].split(",")
+        for line in lines[1:]:
+            row = dict(zip(header, line.split(","), strict=False))
+            if row.get("pxname") == "chat" and row.get("svname") == color:
+                return row["status"]
+        raise AssertionError(f"no chat/{color} in show stat")
+
+    def wait_status(self, color: str, want: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not (got := self.status(color)).startswith(want):
+            assert time.monotonic() < deadline, f"chat/{color} stayed {got}, wanted {want}"
+            time.sleep(0.1)
+
+    # ---- chat processes
+
+    def ensure_green(self, env: dict[str, str] | None = None) -> ChatInstance:
+        """Green running (on its port, so HAProxy's config holds) with exactly ``env``."""
+        env = env or {}
+        if self.green.proc.poll() is None and env == self.green_env:
+            return self.green
+        self.green.stop()
+        self.chat.instances.remove(self.green)
+        if self.green.log_path.exists():  # keep the old log: the new one has the same name
+            self.green.log_path.rename(self.green.log_path.with_suffix(f".{time.time():.0f}"))
+        self.green = self.chat.start("green", port=self.green.port, env=env)
+        self.green_env = env
+        self.wait_status("green", "UP")
+        return self.green
+
+    def ready(self, inst: ChatInstance) -> tuple[int, Any]:
+        status, body, _ = http("GET", inst.url + "/readyz", timeout=10)
+        return status, json.loads(body or b"{}")
+
+    def wait_ready(self, inst: ChatInstance, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.ready(inst)[0] != 200:
+            assert time.monotonic() < deadline, f"{inst.color} not ready: {self.ready(inst)}"
+            time.sleep(0.1)
+
+    # ---- faults
+
+    def restart_redis(self) -> None:
+        """Stop redis-server and start a fresh one on the same port (pub/sub state gone)."""
+        self.redis.stop()
+        self.redis = start_redis(self.workdir, port=self.redis.port)
+
+    def dynamodb_down(self) -> None:
+        self.proxy.send_signal(signal.SIGUSR1)
+
+    def dynamodb_up(self) -> None:
+        self.proxy.send_signal(signal.SIGUSR2)
+        wait_for_port(self.proxy_port)
+
+    def error_lines(self) -> list[str]:
+        """Log lines at level ERROR or above from both chat processes (JSON logs)."""
+        bad = []
+        for inst in (self.blue, self.green):
+            for line in inst.logs().splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    if "Traceback" in line or "ERROR" in line:
+                        bad.append(f"{inst.color}: {line}")
+                    continue
+                if str(rec.get("level", "")).upper() in ("ERROR", "CRITICAL"):
+                    bad.append(f"{inst.color}: {line}")
+        return bad
+
+    def stop(self) -> None:
+        if self.haproxy is not None and self.haproxy.poll() is None:
+            self.haproxy.terminate()
+            self.haproxy.wait(10)
+        self.chat.stop_all()
+        for p in (self.proxy,):
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+        self.moto.stop()
+        self.redis.stop()
+
+
+@pytest.fixture(scope="package")
+def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
+    work = tmp_path_factory.mktemp("faults")
+    redis = start_redis(work)
+    moto = start_moto()
+    proxy_port = free_port()
+    proxy = subprocess.Popen([sys.executable, str(Path(__file__).with_name("tcpproxy.py")),
+                              str(proxy_port), str(moto.port)], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stack: FaultStack | None = None
+    try:
+        wait_for_port(proxy_port)
+        chat = ChatStack(redis.url, f"http://127.0.0.1:{proxy_port}", work,
+                         env={"CHAT_DRAIN_SECONDS": "4"})
+        chat.init_tables()
+        blue = chat.start("blue")
+        green = chat.start("green")
+        stack = FaultStack(work, redis, moto, proxy, proxy_port, chat, blue, green)
+        stack.start_haproxy()
+        wait_for_http(f"http://127.0.0.1:{stack.lb_port}/healthz")
+        yield stack
+    finally:
+        if stack is not None:
+            stack.stop()
+        else:
+            for p in (proxy,):
+                if p.poll() is None:
+                    p.kill()
+            moto.stop()
+            redis.stop()
+
+
+# ------------------------------------------------------------------ reporting
+
+
+def snapshot_conns(lg: LoadGen) -> dict[int, Any]:
+    """Which connection each user is on now (to tell when it has moved to a new one)."""
+    return {u.index: u.conn for u in lg.users}
+
+
+def recovered(lg: LoadGen, old: dict[int, Any], affected: set[int]) -> int:
+    """How many of the affected users are on a live connection opened after the fault."""
+    n = 0
+    for u in lg.users:
+        if u.index in affected and u.conn is not None and u.conn is not old.get(u.index) \
+                and not u.conn.closed.is_set():
+            n += 1
+    return n
+
+
+def outcome(name: str, report: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The figures every scenario prints (and asserts on)."""
+    summary = {
+        "scenario": name, "users": report["users"], "sent": report["sent"],
+        "acked": report["acked"], "lost": report["lost"], "duplicated": report["duplicated"],
+        "out_of_order": report["out_of_order"],
+        "not_recovered": report["users"] - report["held_to_delivery"],
+        "unexpected_closes": report["unexpected_closes"], "retries": report["retries"],
+        "errors": report["errors"], "p99_ms": report["latency_ms"]["p99"], **extra,
+    }
+    line = json.dumps(summary, sort_keys=False)
+    print(f"\nFAULT RESULT {line}")
+    out = os.environ.get("FAULTS_RESULTS")
+    if out:
+        with open(out, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    return summary
+
+
+def assert_clean(summary: dict[str, Any], report: dict[str, Any]) -> None:
+    assert summary["lost"] == 0 and summary["duplicated"] == 0 \
+        and summary["out_of_order"] == 0, (report["lost_seqs"], report["order_anomalies"][:8])
+    assert summary["not_recovered"] == 0, (report["disconnected_at_end"],
+                                           report["never_connected"])
+    assert summary["acked"] == summary["sent"], "a send was never acknowledged"
