@@ -5,8 +5,9 @@ from the store (gap fill and catch-up). A room delivers them strictly by seq: a 
 whose predecessor is missing waits; after `gap_wait` the room reads the missing numbers
 from the store; a number still missing after `gap_skip` (its write failed) is skipped.
 
-Each message is encoded once; the same str goes to every client's bounded send queue, and
-a client whose queue is full is closed with 1013 instead of slowing anyone else down.
+Each message is encoded once, to JSON and to WebSocket frame bytes; the same bytes go to
+every client's transport (or its bounded backlog while the transport pushes back), and a
+client that falls behind is closed with 1013 instead of slowing anyone else down.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+from websockets.protocol import State
 
 from . import protocol
 from .metrics import Metrics
@@ -25,11 +29,27 @@ from .store import MessageStore, StoreUnavailable, item_to_message
 
 log = logging.getLogger("chat.rooms")
 
+_OPEN = State.OPEN
 PRESENCE_COALESCE = 0.25  # seconds: presence frames at most ~4 per second per room
 
 
 class Client:
-    """One WebSocket: a bounded queue drained by its own writer task."""
+    """One WebSocket and its bounded backlog of outgoing frames.
+
+    Fast path: while nothing is waiting and the transport accepts writes, a frame's
+    WebSocket bytes (built once per message by the room, shared by every recipient) go
+    straight to the transport: no task switch, no lock, no per-recipient encoding. When
+    the transport pushes back (its buffer is over the high-water mark) frames wait in a
+    bounded deque that a writer task, started only then, drains in order. An idle
+    connection therefore holds no task and no queue object of its own.
+
+    A `ws` without Sanic's transport (tests' stand-ins) is served by the writer task
+    through `await ws.send(frame)`, with the same bounds.
+    """
+
+    __slots__ = ("_io", "blocked_since", "buffer", "close_code", "closed", "floor", "metrics",
+                 "migrated", "name", "pending", "queue_size", "room", "slow_seconds",
+                 "user_id", "writer", "ws")
 
     def __init__(self, ws: Any, *, user_id: int, name: str, room: str, queue_size: int,
                  metrics: Metrics, slow_seconds: float = 5.0) -> None:
@@ -38,7 +58,9 @@ class Client:
         self.name = name
         self.room = room
         self.metrics = metrics
-        self.queue: asyncio.Queue[str] = asyncio.Queue(queue_size)
+        self.queue_size = queue_size
+        # Waiting frames: wire bytes on the fast path, str for a stand-in ws.
+        self.pending: deque[bytes | str] = deque()
         self.buffer: list[tuple[int, str]] | None = []  # live frames held while joining
         # The last seq its history covered: the room may lag behind the store (Redis down,
         # a slow bus), so live frames at or below it would repeat or come out of order.
@@ -48,43 +70,76 @@ class Client:
         self.migrated = False
         self.writer: asyncio.Task[None] | None = None
         self.slow_seconds = slow_seconds
-        self.sending_since: float | None = None  # a send in progress since (monotonic)
+        self.blocked_since: float | None = None  # frames waiting on the peer since
+        io = getattr(ws, "io_proto", None)  # Sanic's protocol: transport + write gate
+        self._io = io if getattr(io, "transport", None) is not None else None
 
     def start(self) -> None:
-        self.writer = asyncio.create_task(self._write(), name=f"writer-{self.user_id}")
+        """Kept for callers; the writer task starts only when frames have to wait."""
 
-    async def _write(self) -> None:
+    def _writable(self) -> bool:
+        io = self._io
+        return (io is not None and io.transport is not None and io._can_write.is_set()
+                and not io.transport.is_closing() and self.ws.ws_proto.state is _OPEN)
+
+    def offer(self, frame: str, wire: bytes | None = None) -> bool:
+        """Send or queue a frame without waiting; a client that falls behind gets 1013.
+
+        `wire` is the frame's WebSocket bytes when the caller built them once for many
+        recipients. Falling behind: `queue_size` frames waiting, or frames waiting while
+        the peer has not taken any data for `slow_seconds` (its TCP window stays shut).
+        """
+        if self.closed:
+            return False
+        if self._io is None:
+            return self._enqueue(frame)
+        if wire is None:
+            wire = protocol.ws_text_frame(frame)
+        if not self.pending and self._writable():
+            self._io.transport.write(wire)
+            return True
+        return self._enqueue(wire)
+
+    def _enqueue(self, item: bytes | str) -> bool:
+        now = time.monotonic()
+        if self.pending and self.blocked_since is not None \
+                and now - self.blocked_since > self.slow_seconds:
+            self.fail(protocol.CLOSE_TRY_LATER, "too slow to keep up")
+            return False
+        if len(self.pending) >= self.queue_size:
+            self.fail(protocol.CLOSE_TRY_LATER, "too slow to keep up")
+            return False
+        if not self.pending:
+            self.blocked_since = now
+        self.pending.append(item)
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.create_task(self._drain(), name=f"writer-{self.user_id}")
+        return True
+
+    async def _drain(self) -> None:
         try:
-            while True:
-                frame = await self.queue.get()
-                self.sending_since = time.monotonic()
-                await self.ws.send(frame)
-                self.sending_since = None
+            if self._io is None:
+                while self.pending:
+                    await self.ws.send(self.pending[0])
+                    self.pending.popleft()
+                    self.blocked_since = time.monotonic() if self.pending else None
+                return
+            io = self._io
+            while self.pending:
+                if not io._can_write.is_set():
+                    await io._can_write.wait()
+                    self.blocked_since = time.monotonic()  # the peer took data
+                if io.transport is None or io.transport.is_closing() \
+                        or self.ws.ws_proto.state is not _OPEN:
+                    self.closed = True
+                    self.pending.clear()
+                    return
+                io.transport.write(self.pending.popleft())
+            self.blocked_since = None
         except asyncio.CancelledError:
             raise
         except Exception:
             self.closed = True  # the connection is gone; the handler cleans up
-
-    def offer(self, frame: str) -> bool:
-        """Queue a frame without waiting; a client that falls behind is closed with 1013.
-
-        Falling behind: its queue is full, or one send to it has not completed for
-        `slow_seconds` (its TCP window stays shut) while more frames are waiting. Frames
-        are shared str objects, so a long queue costs pointers, not copies.
-        """
-        if self.closed:
-            return False
-        stuck = self.sending_since is not None and not self.queue.empty() \
-            and time.monotonic() - self.sending_since > self.slow_seconds
-        if stuck:
-            self.fail(protocol.CLOSE_TRY_LATER, "too slow to keep up")
-            return False
-        try:
-            self.queue.put_nowait(frame)
-            return True
-        except asyncio.QueueFull:
-            self.fail(protocol.CLOSE_TRY_LATER, "too slow to keep up")
-            return False
 
     def fail(self, code: int, reason: str) -> None:
         """Close now, without waiting for queued frames (used for slow clients)."""
@@ -92,6 +147,7 @@ class Client:
             return
         self.closed = True
         self.close_code = code
+        self.pending.clear()
         if self.writer:
             self.writer.cancel()
         log.info("ws_fail", extra={"event": "ws_fail", "code": code, "user_id": self.user_id,
@@ -103,7 +159,7 @@ class Client:
         if self.closed:
             return
         deadline = time.monotonic() + flush_timeout
-        while (not self.queue.empty() and time.monotonic() < deadline  # noqa: ASYNC110
+        while (self.pending and time.monotonic() < deadline  # noqa: ASYNC110
                and not self.closed):
             await asyncio.sleep(0.02)  # the writer empties the queue
         if self.closed:
@@ -156,10 +212,11 @@ class Room:
 
     def _deliver(self, seq: int, frame: str, ts: int) -> None:
         n = 0
+        wire = protocol.ws_text_frame(frame)  # once per message, for every recipient
         for client in list(self.clients):
             if client.buffer is not None:
                 client.buffer.append((seq, frame))
-            elif seq > client.floor and client.offer(frame):
+            elif seq > client.floor and client.offer(frame, wire):
                 n += 1
         if n:
             m = self.rooms.metrics
@@ -273,9 +330,10 @@ class Room:
         frame = protocol.presence_frame(await self.rooms.presence(self.name))
         if frame != self.last_presence:
             self.last_presence = frame
+            wire = protocol.ws_text_frame(frame)
             for client in list(self.clients):
                 if client.buffer is None:
-                    client.offer(frame)
+                    client.offer(frame, wire)
 
     def stop(self) -> None:
         for t in (self._gap_task, self._presence_task):
