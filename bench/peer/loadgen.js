@@ -64,10 +64,10 @@ class Hist {
 }
 
 function cpuTicks(pid) {
-  // utime + stime (fields 14, 15), in clock ticks; after the ")" of the comm field.
+  // [utime, stime] (fields 14, 15), in clock ticks; after the ")" of the comm field.
   const s = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
   const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
-  return Number(f[11]) + Number(f[12]);
+  return [Number(f[11]), Number(f[12])];
 }
 const CLK_TCK = 100; // Linux USER_HZ
 
@@ -177,7 +177,7 @@ async function connectAll() {
 }
 
 function snapshotCpu() {
-  const servers = a.pids.map((p) => { try { return cpuTicks(p); } catch { return 0; } });
+  const servers = a.pids.map((p) => { try { return cpuTicks(p); } catch { return [0, 0]; } });
   return { servers, self: process.cpuUsage(), at: now() };
 }
 
@@ -262,7 +262,9 @@ async function runStep(live, rate) {
     else if (got[i] > members) dup += got[i] - members;
   }
   const end = Math.max(c0.at, Math.min(c1.at, lastDeliveryAt || c1.at));
-  const serverUs = a.pids.map((_, j) => ((c1.servers[j] - c0.servers[j]) * 1e6) / CLK_TCK);
+  const tick = (j, k) => ((c1.servers[j][k] - c0.servers[j][k]) * 1e6) / CLK_TCK;
+  const serverUs = a.pids.map((_, j) => tick(j, 0) + tick(j, 1));
+  const serverSysUs = a.pids.map((_, j) => tick(j, 1)).reduce((x, y) => x + y, 0);
   const selfUs = (c1.self.user - c0.self.user) + (c1.self.system - c0.self.system);
   const d = Math.max(1, windowDeliveries);
   const diff = (key) => st[key] - before[key];
@@ -274,6 +276,7 @@ async function runStep(live, rate) {
     window_s: (end - c0.at) / 1000, window_deliveries: windowDeliveries,
     server_cpu_us: serverUs,
     server_cpu_us_per_delivery: serverUs.reduce((x, y) => x + y, 0) / d,
+    server_sys_us_per_delivery: serverSysUs / d,
     loadgen_cpu_us_per_delivery: selfUs / d,
   };
 }
