@@ -18,13 +18,6 @@ from tests.conftest import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-# Found by these tests, to be fixed in the chat service (chat/rooms.py); until then a run
-# that hits it is reported as xfail with the frames that show it, after every other check.
-REJOIN_BUG = (
-    "known chat-server bug: a connection opened with `since` while the instance's room lags "
-    "behind the store gets history up to N, then live frames <= N again (Room.go_live "
-    "flushes only the buffer; later Room._deliver offers older seqs). Needs a per-client "
-    "floor.")
 
 
 def ws(inst: ChatInstance) -> str:
@@ -95,8 +88,7 @@ async def test_drain_of_green_moves_its_users_to_blue_without_loss(
     assert r["connections_by_color"] == {"blue": 20}
     assert r["lost"] == 0, r["lost_seqs"]
     assert r["unexpected_closes"] == 0, r["close_codes"]
-    if r["duplicated"] or r["out_of_order"]:
-        pytest.xfail(f"{REJOIN_BUG} {r['order_anomalies'][:3]}")
+    assert r["duplicated"] == 0 and r["out_of_order"] == 0, r["order_anomalies"][:3]
     assert exit_code(r) == 0
 
 
@@ -135,7 +127,6 @@ async def test_a_faulty_release_costs_retries_but_no_message(
         r["order_anomalies"], r["lost_seqs"])
 
 
-@pytest.mark.xfail(strict=False, reason=REJOIN_BUG)
 async def test_frequent_rejoins_with_since_under_cross_instance_traffic(
         chat_pair: tuple[ChatInstance, ChatInstance]) -> None:
     """Every user reconnects make-before-break every ~2 s while both colors carry traffic:
