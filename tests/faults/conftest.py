@@ -6,8 +6,9 @@ with servers `blue` and `green`, health checks on /readyz, WebSocket tunnel time
 of refused / 503 handshakes on the other server, and an admin runtime socket for
 `traffic_shift`. Nothing here touches the fixed local-stack ports.
 
-Each scenario prints a one-line JSON summary (and appends it to $FAULTS_RESULTS when set),
-the figures docs/reliability.md records.
+Each test module gets its own stack (a heavy scenario must not leave its backlog to the
+next one). Each scenario prints a one-line JSON summary (and appends it to $FAULTS_RESULTS
+when set): the figures docs/reliability.md records.
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ class FaultStack:
         self.redis.stop()
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     work = tmp_path_factory.mktemp("faults")
     redis = start_redis(work)
