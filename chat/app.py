@@ -210,6 +210,7 @@ def create_app(config: Config) -> Sanic:
 
     @app.before_server_start
     async def _start(app: Sanic) -> None:
+        wsfix.quiet_orphaned_frames(asyncio.get_running_loop())
         await store.start()
         await bus.start()
         background.append(asyncio.create_task(stats_loop(), name="stats"))
