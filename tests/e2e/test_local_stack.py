@@ -285,12 +285,11 @@ async def test_bad_release_trips_the_gate_and_restores_the_weights(
         loadgen = asyncio.create_task(run_loadgen(cfg, on_start=gens.append))
         try:
             await wait_for_users(gens, loadgen, 40)
-            # the p95 gate relaxed as in the rehearsal: the fault switch must trip the
-            # error-rate gate, not a busy machine's latency
+            # the p95 gate out of the way: what must trip is the error-rate gate, on the
+            # fault switch, not a busy machine's latency (seen above 2 s at the step's start)
             rc, out = await playbook_async("canary.yml", "-e", "weight=50",
                                            "-e", "bake_seconds=30",
-                                           "-e", f"deploy_max_p95_ms={REHEARSAL_MAX_P95_MS}",
-                                           limit_s=300)
+                                           "-e", "deploy_max_p95_ms=60000", limit_s=300)
         finally:
             if gens:
                 gens[0].stop()
