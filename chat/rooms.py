@@ -59,8 +59,9 @@ class Client:
         self.room = room
         self.metrics = metrics
         self.queue_size = queue_size
-        # Waiting frames: wire bytes on the fast path, str for a stand-in ws.
-        self.pending: deque[bytes | str] = deque()
+        # Waiting frames (wire bytes on the fast path, str for a stand-in ws); None while
+        # nothing waits, so an idle connection does not carry an empty deque.
+        self.pending: deque[bytes | str] | None = None
         self.buffer: list[tuple[int, str]] | None = []  # live frames held while joining
         # The last seq its history covered: the room may lag behind the store (Redis down,
         # a slow bus), so live frames at or below it would repeat or come out of order.
@@ -106,6 +107,8 @@ class Client:
                 and now - self.blocked_since > self.slow_seconds:
             self.fail(protocol.CLOSE_TRY_LATER, "too slow to keep up")
             return False
+        if self.pending is None:
+            self.pending = deque()
         if len(self.pending) >= self.queue_size:
             self.fail(protocol.CLOSE_TRY_LATER, "too slow to keep up")
             return False
@@ -121,20 +124,24 @@ class Client:
             if self._io is None:
                 while self.pending:
                     await self.ws.send(self.pending[0])
-                    self.pending.popleft()
+                    if self.pending:
+                        self.pending.popleft()
                     self.blocked_since = time.monotonic() if self.pending else None
+                self.pending = None
                 return
             io = self._io
             while self.pending:
                 if not io._can_write.is_set():
                     await io._can_write.wait()
                     self.blocked_since = time.monotonic()  # the peer took data
+                    continue  # re-check: fail() may have emptied the backlog meanwhile
                 if io.transport is None or io.transport.is_closing() \
                         or self.ws.ws_proto.state is not _OPEN:
                     self.closed = True
-                    self.pending.clear()
+                    self.pending = None
                     return
                 io.transport.write(self.pending.popleft())
+            self.pending = None
             self.blocked_since = None
         except asyncio.CancelledError:
             raise
@@ -147,7 +154,7 @@ class Client:
             return
         self.closed = True
         self.close_code = code
-        self.pending.clear()
+        self.pending = None
         if self.writer:
             self.writer.cancel()
         log.info("ws_fail", extra={"event": "ws_fail", "code": code, "user_id": self.user_id,
