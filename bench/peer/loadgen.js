@@ -28,7 +28,7 @@ function parseArgs(argv) {
   const a = {
     proto: "chat", urls: [], users: 100, rates: [20], duration: 10, warmup: 2, drain: 10,
     room: "bench", concurrency: 50, pids: [], hold: false, json: "", p99Limit: 250,
-    stopOnFail: true,
+    stopOnFail: true, minSteps: 1,
   };
   for (let i = 2; i < argv.length; i++) {
     const k = argv[i].replace(/^--/, "");
@@ -38,6 +38,7 @@ function parseArgs(argv) {
     if (k === "url") a.urls.push(v);
     else if (k === "rates") a.rates = v.split(",").filter(Boolean).map(Number);
     else if (k === "p99-limit") a.p99Limit = Number(v);
+    else if (k === "min-steps") a.minSteps = Number(v);
     else if (k === "pids") a.pids = v.split(",").filter(Boolean).map(Number);
     else if (["users", "rate", "duration", "warmup", "drain", "concurrency"].includes(k)) a[k] = Number(v);
     else if (k in a) a[k] = v;
@@ -208,7 +209,7 @@ async function main() {
       && rep.latency_ms.p99 !== null && rep.latency_ms.p99 < a.p99Limit;
     rep.sustained = ok;
     process.stderr.write(`${a.proto} rate ${rate}: p99 ${rep.latency_ms.p99} ms, lost ${rep.lost}, cpu/delivery ${rep.server_cpu_us_per_delivery.toFixed(1)} us\n`);
-    if (!ok && a.stopOnFail) break;
+    if (!ok && a.stopOnFail && steps.length >= a.minSteps) break;
   }
   stopping = true;
   finish({ ...base, proto: a.proto, users: a.users, connected: st.connected, failed: st.failed,
