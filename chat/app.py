@@ -279,11 +279,15 @@ def create_app(config: Config) -> Sanic:
             await bus.ping()
         except BusErrors as e:
             return json_response({"status": "unready", "reason": f"redis: {e}"}, status=503)
-        try:
-            await asyncio.wait_for(store.ping(), 3.0)
-        except (TimeoutError, StoreUnavailable) as e:
-            return json_response({"status": "unready", "reason": f"dynamodb: {e}"},
-                                 status=503)
+        if not store.answered_recently(5.0):
+            try:
+                await asyncio.wait_for(store.ping(), 3.0)
+            except TimeoutError:
+                return json_response({"status": "unready", "reason": "dynamodb: timeout"},
+                                     status=503)
+            except StoreUnavailable as e:
+                return json_response({"status": "unready", "reason": f"dynamodb: {e}"},
+                                     status=503)
         return json_response({"status": "ready"})
 
     @app.get("/version")

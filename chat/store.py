@@ -66,6 +66,8 @@ class MessageStore:
         self.messages = config.table_messages
         self.connections = config.table_connections
         self.counters = config.table_user_counter
+        self.last_ok = 0.0  # monotonic time of the last answered call
+        self.last_error = 0.0  # ... and of the last failed one
 
     async def start(self) -> None:
         session = aioboto3.Session()
@@ -90,9 +92,20 @@ class MessageStore:
 
     async def _call(self, op: str, **kwargs: Any) -> Any:
         try:
-            return await getattr(self.client, op)(**kwargs)
+            result = await getattr(self.client, op)(**kwargs)
         except (TimeoutError, BotoCoreError, ClientError, OSError) as e:
+            self.last_error = time.monotonic()
             raise StoreUnavailable(f"{op}: {e}") from e
+        self.last_ok = time.monotonic()
+        return result
+
+    def answered_recently(self, seconds: float) -> bool:
+        """DynamoDB answered a call within `seconds` and nothing failed since.
+
+        Readiness relies on this when the instance is busy: an active probe would wait
+        behind the traffic it proves is flowing (and time out, taking a healthy but busy
+        instance out of the load balancer)."""
+        return time.monotonic() - self.last_ok < seconds and self.last_ok > self.last_error
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless DynamoDB answers a cheap read."""
