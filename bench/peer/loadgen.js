@@ -205,7 +205,8 @@ async function main() {
   for (const rate of a.rates) {
     const rep = await runStep(live, rate);
     steps.push(rep);
-    const ok = !rep.lost && !rep.duplicated && !rep.out_of_order && !rep.unexpected_closes
+    const ok = !rep.lost && !rep.unacked && !rep.duplicated && !rep.out_of_order
+      && !rep.unexpected_closes
       && rep.latency_ms.p99 !== null && rep.latency_ms.p99 < a.p99Limit;
     rep.sustained = ok;
     process.stderr.write(`${a.proto} rate ${rate}: p99 ${rep.latency_ms.p99} ms, lost ${rep.lost}, cpu/delivery ${rep.server_cpu_us_per_delivery.toFixed(1)} us\n`);
