@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -233,6 +234,11 @@ class Room:
     async def _fill_gap(self) -> None:
         cfg = self.rooms.config
         started = time.monotonic()
+        # When each missing number was first found missing: a number is skipped gap_skip
+        # after that, each on its own clock. (One shared clock, restarted after every skip,
+        # made k holes in a row cost k x gap_skip, and under churn the room fell behind by
+        # tens of seconds, delivering nothing new meanwhile.)
+        missing_since: dict[int, float] = {}
         await asyncio.sleep(cfg.gap_wait)
         while self.pending and self.next_seq is not None:
             first, last = self.next_seq, min(self.pending) - 1
@@ -244,24 +250,32 @@ class Room:
                 for seq, msg in found.items():
                     self.offer(seq, protocol.encode(msg) if msg else None,
                                msg["ts"] if msg else 0)
-            if not self.pending or self.next_seq is None:
-                break
-            if self.next_seq == first and time.monotonic() - started > cfg.gap_skip:
-                # Skip only a number the store agrees is void: a write slower than gap_skip
-                # must not be acked after this room gave up on it.
+                now = time.monotonic()
+                for seq in range(first, last + 1):
+                    if seq not in found:
+                        missing_since.setdefault(seq, started if seq == first else now)
+            # Skip, oldest first, every number that has been missing for gap_skip; only
+            # a number the store agrees is void: a write slower than gap_skip must not be
+            # acked after this room gave up on it.
+            while (self.pending and self.next_seq is not None
+                   and self.next_seq not in self.pending
+                   and time.monotonic() - missing_since.get(self.next_seq, math.inf)
+                   > cfg.gap_skip):
+                first = self.next_seq
                 try:
                     msg = await self.rooms.store.fence(self.name, first)
                 except StoreUnavailable:
                     await asyncio.sleep(min(1.0, cfg.gap_skip))
-                    continue
+                    break
                 if msg is None:
                     log.warning("seq_skipped", extra={"event": "seq_skipped",
                                                       "room": self.name, "seq": first})
                 self.offer(first, protocol.encode(msg) if msg else None,
                            msg["ts"] if msg else 0)
-                started = time.monotonic()
-            elif self.next_seq != first:
-                started = time.monotonic()
+            if not self.pending or self.next_seq is None:
+                break
+            for seq in [s for s in missing_since if s < self.next_seq]:
+                del missing_since[seq]
             await asyncio.sleep(min(0.2, cfg.gap_wait))
 
     async def catch_up(self) -> None:
@@ -279,32 +293,41 @@ class Room:
     async def history(self, since: int | None) -> tuple[list[dict[str, Any]], int, bool]:
         """History for a joining client: (messages, last seq covered, more after that).
 
-        Waits (up to gap_skip) for numbers below the newest one whose writes are still in
-        flight, so that "flush the buffer past the last history seq" loses nothing.
+        The client is in the room (its live frames buffered) before this reads the store,
+        so every number from the room's next one on reaches it from its buffer. History
+        therefore stops before the first number missing from the store that the room has
+        not passed yet (a write in flight, or one the room will fence and skip): nothing
+        to wait for. A missing number the room already went past is fenced here, as the
+        room did, so a late write cannot be acked under a number this history passed over.
+        (History used to poll the store until no number below the newest was missing, up
+        to gap_skip, and then fence the ones still in flight: under steady traffic there
+        nearly always is one, so every join waited gap_skip while hammering the store, and
+        a client could churn again before its history ever came.)
         """
         limit = protocol.HISTORY_SINCE_MAX if since is not None else protocol.HISTORY_DEFAULT
-        deadline = time.monotonic() + self.rooms.config.gap_skip
-        while True:
-            items = await self.rooms.store.query(self.name, since=since, limit=limit)
-            seqs = [int(it["seq"]["N"]) for it in items]
-            if not seqs:
-                return [], since or 0, False
-            low = since + 1 if since is not None else seqs[0]
-            if len(seqs) == seqs[-1] - low + 1 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
+        passed = self.next_seq  # every number below it was delivered or skipped here
+        items = await self.rooms.store.query(self.name, since=since, limit=limit)
+        seqs = [int(it["seq"]["N"]) for it in items]
+        if not seqs:
+            return [], since or 0, False
+        low = since + 1 if since is not None else seqs[0]
         messages = [m for m in (item_to_message(it) for it in items) if m is not None]
+        end = seqs[-1]
         if len(seqs) != seqs[-1] - low + 1:
-            # still holes after the wait: fence them (as the room's gap filler does), so a
-            # late write cannot be acked under a number this client's history passed over
             have = set(seqs)
             for seq in range(low, seqs[-1]):
-                if seq not in have:
-                    msg = await self.rooms.store.fence(self.name, seq)
-                    if msg is not None:
-                        messages.append(msg)
-            messages.sort(key=lambda m: int(m["seq"]))
-        return messages, seqs[-1], since is not None and len(items) >= limit
+                if seq in have:
+                    continue
+                if passed is None or seq >= passed:
+                    end = seq - 1  # this one and what follows come from the buffer
+                    break
+                msg = await self.rooms.store.fence(self.name, seq)
+                if msg is not None:
+                    messages.append(msg)
+            messages = sorted((m for m in messages if int(m["seq"]) <= end),
+                              key=lambda m: int(m["seq"]))
+        more = since is not None and end == seqs[-1] and len(items) >= limit
+        return messages, end, more
 
     async def ensure_initialised(self) -> None:
         if self.next_seq is not None:

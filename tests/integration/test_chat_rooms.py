@@ -128,6 +128,68 @@ async def test_a_number_that_never_gets_stored_is_skipped_after_the_bounded_wait
     assert burned == m1[0] + 1
 
 
+async def test_many_numbers_that_never_get_stored_are_skipped_within_one_bounded_wait(store):
+    # Each hole waits gap_skip from when it was found missing, not from when the hole
+    # before it was skipped: k holes in a row used to hold the room for k x gap_skip
+    # (scenario 6: tens of seconds of nothing delivered while churn kept making holes).
+    rooms = make_rooms(store, gap_skip=2.0)
+    room = "k-" + uuid.uuid4().hex[:8]
+    ws = FakeWs()
+    await add_client(rooms, room, ws)
+    stored = []
+    for i in range(8):
+        stored.append(await store_message(store, room, f"m{i}"))
+        await store._add(f"room#{room}")  # a seq whose write "failed": never stored
+    stored.append(await store_message(store, room, "last"))
+    r = rooms.rooms[room]
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for m in reversed(stored):
+        r.offer(*m)
+    await until(lambda: seqs(ws) == [stored[0][0]])
+    # all 8 holes are due at about the same time: well under 8 x gap_skip (16 s)
+    await until(lambda: seqs(ws) == [m[0] for m in stored], within=10)
+    assert loop.time() - t0 >= 2.0  # none was skipped before its bounded wait
+
+
+async def test_a_join_during_a_write_in_flight_neither_waits_for_it_nor_fences_it(store):
+    # Scenario 6: under steady traffic some number below the newest is nearly always
+    # still being written. History used to wait for it (up to gap_skip) and then fence it,
+    # so each join took gap_skip and failed someone's send; a client that churned again
+    # meanwhile never got a history at all (last_on_conn -1). Now history stops before
+    # it and the room delivers it, and what follows, from the joining client's buffer.
+    rooms = make_rooms(store, gap_skip=30)
+    room = "j-" + uuid.uuid4().hex[:8]
+    ws1 = FakeWs()
+    _, r = await add_client(rooms, room, ws1)
+    m1 = await store_message(store, room, "a")
+    r.offer(*m1)
+    inflight = await store._add(f"room#{room}")  # number taken, message not stored yet
+    m3 = await store_message(store, room, "c")
+    r.offer(*m3)
+    ws2 = FakeWs()
+    c2 = Client(ws2, user_id=2, name="late", room=room, queue_size=100,
+                metrics=rooms.metrics, slow_seconds=0.5)
+    rooms.join(c2)
+    history, last, more = await asyncio.wait_for(r.history(m1[0] - 1), 5)
+    assert [m["seq"] for m in history] == [m1[0]] and last == m1[0] and not more
+    r.go_live(c2, last)
+    # the slow write lands: nobody fenced its number, so its conditional put succeeds
+    ts = m1[2] + 1
+    frame = protocol.message_frame(room=room, seq=inflight, user_id=7, name="w", text="b",
+                                   ts=ts, color="green")
+    await store.client.put_item(
+        TableName=store.messages,
+        Item={"room": {"S": room}, "seq": {"N": str(inflight)}, "user_id": {"N": "7"},
+              "name": {"S": "w"}, "text": {"S": "b"}, "ts": {"N": str(ts)},
+              "color": {"S": "green"}, "client_id": {"S": uuid.uuid4().hex}},
+        ConditionExpression="attribute_not_exists(seq)")
+    r.offer(inflight, protocol.encode(frame), ts)
+    want = [m1[0], inflight, m3[0]]
+    await until(lambda: seqs(ws1) == want)
+    await until(lambda: seqs(ws2) == want[1:])
+
+
 async def test_a_void_number_is_skipped_at_once(store):
     rooms = make_rooms(store, gap_skip=30)
     room = "v-" + uuid.uuid4().hex[:8]
