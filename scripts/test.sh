@@ -32,5 +32,7 @@ fi
 # port (no fixed ports, no root needed).
 if [ "$#" -eq 0 ]; then
   echo "== molecule (AWS target on the emulator)"
+  # a previous run's state would make molecule skip prepare (the emulator's start)
+  molecule reset -s aws
   molecule test -s aws
 fi
