@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -234,48 +233,51 @@ class Room:
     async def _fill_gap(self) -> None:
         cfg = self.rooms.config
         started = time.monotonic()
-        # When each missing number was first found missing: a number is skipped gap_skip
-        # after that, each on its own clock. (One shared clock, restarted after every skip,
-        # made k holes in a row cost k x gap_skip, and under churn the room fell behind by
-        # tens of seconds, delivering nothing new meanwhile.)
+        # When each missing number was first found missing (any number below the highest
+        # one waiting): each is skipped gap_skip after that, on its own clock. (One clock
+        # for the lowest hole only, restarted after every skip, made k holes cost
+        # k x gap_skip; under churn the room fell behind by tens of seconds.)
         missing_since: dict[int, float] = {}
         await asyncio.sleep(cfg.gap_wait)
+        noticed = started
         while self.pending and self.next_seq is not None:
-            first, last = self.next_seq, min(self.pending) - 1
-            if last >= first:
+            holes = [s for s in range(self.next_seq, max(self.pending))
+                     if s not in self.pending]
+            if holes:
                 try:
-                    found = await self.rooms.store.range(self.name, first, last)
+                    found = await self.rooms.store.range(self.name, holes[0], holes[-1])
                 except StoreUnavailable:
                     found = {}
                 for seq, msg in found.items():
                     self.offer(seq, protocol.encode(msg) if msg else None,
                                msg["ts"] if msg else 0)
-                now = time.monotonic()
-                for seq in range(first, last + 1):
+                for seq in holes:
                     if seq not in found:
-                        missing_since.setdefault(seq, started if seq == first else now)
-            # Skip, oldest first, every number that has been missing for gap_skip; only
-            # a number the store agrees is void: a write slower than gap_skip must not be
-            # acked after this room gave up on it.
-            while (self.pending and self.next_seq is not None
-                   and self.next_seq not in self.pending
-                   and time.monotonic() - missing_since.get(self.next_seq, math.inf)
-                   > cfg.gap_skip):
-                first = self.next_seq
-                try:
-                    msg = await self.rooms.store.fence(self.name, first)
-                except StoreUnavailable:
-                    await asyncio.sleep(min(1.0, cfg.gap_skip))
-                    break
-                if msg is None:
-                    log.warning("seq_skipped", extra={"event": "seq_skipped",
-                                                      "room": self.name, "seq": first})
-                self.offer(first, protocol.encode(msg) if msg else None,
-                           msg["ts"] if msg else 0)
+                        missing_since.setdefault(seq, noticed)
             if not self.pending or self.next_seq is None:
                 break
-            for seq in [s for s in missing_since if s < self.next_seq]:
+            now = noticed = time.monotonic()
+            for seq in [s for s in missing_since if s < self.next_seq or s in self.pending]:
                 del missing_since[seq]
+            # Skip every number missing for gap_skip, all at once; only a number the
+            # store agrees is void: a write slower than gap_skip must not be acked after
+            # this room gave up on it.
+            due = sorted(s for s, t in missing_since.items() if now - t > cfg.gap_skip)[:50]
+            if due:
+                got = await asyncio.gather(*(self.rooms.store.fence(self.name, s) for s in due),
+                                           return_exceptions=True)
+                for seq, res in zip(due, got, strict=True):
+                    if isinstance(res, StoreUnavailable):
+                        continue  # tried again on the next pass
+                    if isinstance(res, BaseException):
+                        raise res
+                    if res is None:
+                        log.warning("seq_skipped", extra={"event": "seq_skipped",
+                                                          "room": self.name, "seq": seq})
+                    self.offer(seq, protocol.encode(res) if res else None,
+                               res["ts"] if res else 0)
+                if any(isinstance(m, StoreUnavailable) for m in got):
+                    await asyncio.sleep(min(1.0, cfg.gap_skip))
             await asyncio.sleep(min(0.2, cfg.gap_wait))
 
     async def catch_up(self) -> None:

@@ -63,6 +63,7 @@ class MessageStore:
         self.config = config
         self._stack = AsyncExitStack()
         self._client: Any = None
+        self._voiding: set[asyncio.Task[None]] = set()
         self.messages = config.table_messages
         self.connections = config.table_connections
         self.counters = config.table_user_counter
@@ -183,10 +184,27 @@ class MessageStore:
         if it is still in flight, this waits for it (bounded). A number this send took
         and cannot use is marked void, so readers skip it at once.
         """
+        taken: list[int] = []
+        try:
+            return await self._append(room=room, user_id=user_id, name=name, text=text,
+                                      client_id=client_id, color=color, taken=taken)
+        except BaseException:
+            # Stopped half-way (the connection closed and its handler was cancelled, or a
+            # call failed): void the number now, or every room waits gap_skip for it. The
+            # void is conditional, so a message that did get stored stays.
+            for seq in taken:
+                task = asyncio.get_running_loop().create_task(self._void(room, seq))
+                self._voiding.add(task)
+                task.add_done_callback(self._voiding.discard)
+            raise
+
+    async def _append(self, *, room: str, user_id: int, name: str, text: str,
+                      client_id: str, color: str, taken: list[int]) -> Appended:
         deadline = time.monotonic() + 5.0
         replaces: int | None = None
         while True:
             seq = await self._add(f"room#{room}")
+            taken.append(seq)
             if await self._claim(room, client_id, seq, replaces):
                 break
             await self._void(room, seq)

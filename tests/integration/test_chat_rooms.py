@@ -190,6 +190,38 @@ async def test_a_join_during_a_write_in_flight_neither_waits_for_it_nor_fences_i
     await until(lambda: seqs(ws2) == want[1:])
 
 
+async def test_a_send_cancelled_half_way_voids_its_number_so_rooms_skip_it_at_once(store):
+    # A connection closed while its send was being stored (churn, migration: Sanic
+    # cancels the handler) left a number with no item, and every room waited gap_skip
+    # for it; many of them under churn held rooms for tens of seconds.
+    rooms = make_rooms(store, gap_skip=30)
+    room = "x-" + uuid.uuid4().hex[:8]
+    ws = FakeWs()
+    _, r = await add_client(rooms, room, ws)
+    m1 = await store_message(store, room, "a")
+    stuck = asyncio.Event()
+    real_claim = store._claim
+
+    async def slow_claim(*args: Any, **kwargs: Any) -> bool:
+        stuck.set()
+        await asyncio.Event().wait()  # the connection goes away during this call
+        return await real_claim(*args, **kwargs)
+
+    store._claim = slow_claim  # type: ignore[method-assign]
+    send = asyncio.create_task(store.append(room=room, user_id=7, name="w", text="b",
+                                            client_id=uuid.uuid4().hex, color="green"))
+    await asyncio.wait_for(stuck.wait(), 10)
+    send.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await send
+    store._claim = real_claim  # type: ignore[method-assign]
+    m3 = await store_message(store, room, "c")
+    r.offer(*m1)
+    r.offer(*m3)
+    await until(lambda: seqs(ws) == [m1[0], m3[0]], within=10)
+    assert m3[0] == m1[0] + 2
+
+
 async def test_a_void_number_is_skipped_at_once(store):
     rooms = make_rooms(store, gap_skip=30)
     room = "v-" + uuid.uuid4().hex[:8]
