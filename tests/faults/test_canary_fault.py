@@ -1,9 +1,10 @@
 """Fault scenario 6 of issue 5: a bad green (fault switch) caught by the canary gate,
 weights restored, green drained to blue, zero loss.
 
-It found (docs/reliability.md): joins waited up to gap_skip for writes in flight and
-fenced them, and a room skipped k holes in k x gap_skip, so under churn users' new
-connections delivered nothing and p99 reached 30-46 s; both fixed in chat/rooms.py."""
+It found (docs/reliability.md, finding 7): joins waited up to gap_skip for writes in
+flight and fenced them, a room skipped k holes in k x gap_skip, and a send cancelled
+mid-write left a hole, so under churn users' new connections delivered nothing and p99
+reached 30-46 s; fixed in chat/rooms.py and chat/store.py."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ async def test_bad_green_trips_the_gate_rolls_back_and_drains_to_blue_with_zero_
     green = await asyncio.to_thread(stack.ensure_green, {"CHAT_FAULT_RATE": "0.3"})
     stack.set_weights(90, 10)
     cfg = LoadGenConfig(url=stack.ws_url, users=100, rate=20.0, duration=0, ramp=4.0,
-                        drain=30.0, churn=6.0, backoff_base=0.1, backoff_cap=1.0)
+                        drain=60.0, churn=6.0, backoff_base=0.1, backoff_cap=1.0)
     lg, task = await start(cfg)
     try:
         res = await asyncio.to_thread(traffic_shift, {
