@@ -16,6 +16,7 @@ import logging
 import random
 import socket
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -523,6 +524,10 @@ async def _cleanup(bus: RoomBus, store: MessageStore, room: str | None,
             await store.remove_connection(connection_id)
 
 
+SENDS_WAITING_MAX = 32  # sends of one connection waiting for storage; more: `unavailable`
+SENDS_DRAIN_SECONDS = 10.0  # after the peer left, how long its last sends may still take
+
+
 async def _read_loop(app: Sanic, ws: Any, client: Client) -> None:
     config: Config = app.ctx.config
     metrics: Metrics = app.ctx.metrics
@@ -532,23 +537,51 @@ async def _read_loop(app: Sanic, ws: Any, client: Client) -> None:
         metrics.errors.inc(code.value)
         client.offer(protocol.error_frame(code, message))
 
-    while not client.closed:
-        data = await ws.recv()
-        if data is None:
-            break
-        if not bucket.take():
-            error(ErrorCode.RATE_LIMITED,
-                  f"more than {config.rate_per_s:g} frames/s (burst {config.rate_burst})")
-            continue
-        try:
-            frame = protocol.parse_client_frame(data)
-        except ProtocolError as e:
-            error(e.code, e.message)
-            continue
-        if isinstance(frame, protocol.PingFrame):
-            client.offer(protocol.PONG_FRAME)
-            continue
-        await _handle_send(app, client, frame, error)
+    # Sends are stored one after another by a task that exists only while sends wait, so
+    # this loop keeps reading while storage is slow: a reader stuck on DynamoDB leaves the
+    # client's later frames unread, and the keepalive's pongs queue behind them until the
+    # ping times out (close 1011).
+    sends: deque[protocol.SendFrame] = deque()
+    sender: asyncio.Task[None] | None = None
+
+    async def store_sends() -> None:
+        while sends and not client.closed:
+            await _handle_send(app, client, sends[0], error)
+            sends.popleft()
+
+    try:
+        while not client.closed:
+            data = await ws.recv()
+            if data is None:
+                break
+            if not bucket.take():
+                error(ErrorCode.RATE_LIMITED,
+                      f"more than {config.rate_per_s:g} frames/s (burst {config.rate_burst})")
+                continue
+            try:
+                frame = protocol.parse_client_frame(data)
+            except ProtocolError as e:
+                error(e.code, e.message)
+                continue
+            if isinstance(frame, protocol.PingFrame):
+                client.offer(protocol.PONG_FRAME)
+                continue
+            if len(sends) >= SENDS_WAITING_MAX:
+                error(ErrorCode.UNAVAILABLE,
+                      "too many sends waiting for storage; retry with the same client_id")
+                continue
+            sends.append(frame)
+            if sender is None or sender.done():
+                sender = asyncio.create_task(store_sends(), name=f"sends-{client.user_id}")
+        if sender is not None:
+            # the peer is gone: finish what it sent (a retry finds it by client_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sender, SENDS_DRAIN_SECONDS)
+    finally:
+        if sender is not None and not sender.done():
+            sender.cancel()  # a send stopped half-way voids its number (store.append)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
 
 
 async def _handle_send(app: Sanic, client: Client, frame: protocol.SendFrame,
