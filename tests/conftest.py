@@ -54,6 +54,35 @@ def wait_for_http(url: str, timeout: float = 20.0) -> None:
     raise TimeoutError(f"{url} not answering after {timeout}s: {last}")
 
 
+def haproxy_cli(sock: str, command: str) -> str:
+    """One command on HAProxy's runtime API (a unix socket); its whole answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(sock)
+        s.sendall(command.encode() + b"\n")
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def haproxy_weights(sock: str) -> dict[str, int]:
+    """The current weights of chat/blue and chat/green."""
+    return {c: int(haproxy_cli(sock, f"get weight chat/{c}").split()[0])
+            for c in ("blue", "green")}
+
+
+def haproxy_status(sock: str, color: str) -> str:
+    """chat/<color>'s status column of `show stat` (UP, DOWN, ...)."""
+    lines = haproxy_cli(sock, "show stat").splitlines()
+    header = lines[0][2:].split(",")
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(","), strict=False))
+        if row.get("pxname") == "chat" and row.get("svname") == color:
+            return row["status"]
+    raise AssertionError(f"no chat/{color} in show stat")
+
+
 @dataclass
 class Service:
     port: int

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,9 @@ from tests.conftest import (
     REPO,
     Service,
     free_port,
+    haproxy_cli,
+    haproxy_status,
+    haproxy_weights,
     start_moto,
     start_redis,
     wait_for_http,
@@ -118,29 +120,16 @@ class FaultStack:
         self.wait_status("green", "UP")
 
     def cli(self, command: str) -> str:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(self.sock)
-            s.sendall(command.encode() + b"\n")
-            chunks = []
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode()
+        return haproxy_cli(self.sock, command)
 
     def weights(self) -> dict[str, int]:
-        return {c: int(self.cli(f"get weight chat/{c}").split()[0]) for c in ("blue", "green")}
+        return haproxy_weights(self.sock)
 
     def set_weights(self, blue: int, green: int) -> None:
         self.cli(f"set server chat/blue weight {blue};set server chat/green weight {green}")
 
     def status(self, color: str) -> str:
-        lines = self.cli("show stat").splitlines()
-        header = lines[0][2:].split(",")
-        for line in lines[1:]:
-            row = dict(zip(header, line.split(","), strict=False))
-            if row.get("pxname") == "chat" and row.get("svname") == color:
-                return row["status"]
-        raise AssertionError(f"no chat/{color} in show stat")
+        return haproxy_status(self.sock, color)
 
     def wait_status(self, color: str, want: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -27,7 +26,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, VENV_BIN, free_port, wait_for_port
+from tests.conftest import (
+    REPO,
+    VENV_BIN,
+    free_port,
+    haproxy_cli,
+    haproxy_status,
+    haproxy_weights,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -114,30 +121,17 @@ class Stack:
     metrics_urls: dict[str, str]
 
     def cli(self, command: str) -> str:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(self.socket_path)
-            s.sendall(command.encode() + b"\n")
-            chunks = []
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode()
+        return haproxy_cli(self.socket_path, command)
 
     def weights(self) -> dict[str, int]:
-        return {c: int(self.cli(f"get weight chat/{c}").split()[0]) for c in ("blue", "green")}
+        return haproxy_weights(self.socket_path)
 
     def set_weights(self, blue: int, green: int) -> None:
         self.cli(f"set server chat/blue weight {blue};set server chat/green weight {green}")
         assert self.weights() == {"blue": blue, "green": green}
 
     def status(self, color: str) -> str:
-        lines = self.cli("show stat").splitlines()
-        header = lines[0][2:].split(",")
-        for line in lines[1:]:
-            row = dict(zip(header, line.split(","), strict=False))
-            if row.get("pxname") == "chat" and row.get("svname") == color:
-                return row["status"]
-        raise AssertionError(f"no chat/{color} in show stat")
+        return haproxy_status(self.socket_path, color)
 
     def wait_status(self, color: str, want: str, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
