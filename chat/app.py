@@ -26,7 +26,7 @@ from sanic.response import HTTPResponse, file, text
 from sanic.response import json as json_response
 from websockets.exceptions import ConnectionClosed
 
-from . import protocol, wsfix
+from . import protocol, wsfix, wslean
 from .bus import BusErrors, RoomBus
 from .config import Config
 from .metrics import Metrics
@@ -34,10 +34,11 @@ from .protocol import ErrorCode, ProtocolError
 from .rooms import Client, Rooms
 from .stats import BoardStats, aggregate
 from .store import MessageStore, StoreUnavailable
+from .wslean import LeanWebsocket, Pinger
 
 log = logging.getLogger("chat")
 _app_ids = itertools.count(1)
-wsfix.install()  # invalid UTF-8 in a text frame: close 1007 (Sanic 25 leaves it hanging)
+wslean.install()  # frames to a callback, one pinger per process (chat/wslean.py)
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -157,8 +158,8 @@ def create_app(config: Config) -> Sanic:
     app.websocket_enabled = True
     app.config.update(
         WEBSOCKET_MAX_SIZE=protocol.MAX_FRAME,
-        WEBSOCKET_PING_INTERVAL=config.ping_interval,
-        WEBSOCKET_PING_TIMEOUT=20,
+        # Keep-alive: one Pinger per process instead of a ping task per connection.
+        WEBSOCKET_PING_INTERVAL=None,
         REQUEST_MAX_SIZE=64 * 1024,
         KEEP_ALIVE_TIMEOUT=75,  # above the ALB's 60 s idle timeout
         GRACEFUL_SHUTDOWN_TIMEOUT=3,
@@ -171,6 +172,8 @@ def create_app(config: Config) -> Sanic:
     app.ctx.metrics = metrics
     app.ctx.store = store
     app.ctx.board = board
+    pinger = Pinger(config.ping_interval, config.ping_timeout)
+    app.ctx.pinger = pinger
 
     async def presence(room: str) -> dict[str, int]:
         return await app.ctx.bus.presence(room)
@@ -215,6 +218,7 @@ def create_app(config: Config) -> Sanic:
         await store.start()
         await bus.start()
         background.append(asyncio.create_task(stats_loop(), name="stats"))
+        pinger.start()
         log.info("server_start", extra={"event": "server_start", "host": config.host,
                                          "port": config.port})
 
@@ -225,6 +229,7 @@ def create_app(config: Config) -> Sanic:
 
     @app.after_server_stop
     async def _stop(app: Sanic) -> None:
+        pinger.stop()
         for t in background:
             t.cancel()
         await bus.close()
@@ -528,60 +533,106 @@ SENDS_WAITING_MAX = 32  # sends of one connection waiting for storage; more: `un
 SENDS_DRAIN_SECONDS = 10.0  # after the peer left, how long its last sends may still take
 
 
+class _Reader:
+    """A connection's incoming frames, handled as they arrive (`LeanWebsocket.consume`).
+
+    Everything here is synchronous except storing a send: sends are stored one after
+    another by a task that exists only while sends wait, so frames keep being read while
+    storage is slow (a reader stuck on DynamoDB would leave the client's later frames
+    unread and its pongs behind them: close 1011). At most SENDS_WAITING_MAX sends wait;
+    more are answered `unavailable`.
+    """
+
+    __slots__ = ("app", "bucket", "client", "config", "metrics", "sender", "sends")
+
+    def __init__(self, app: Sanic, client: Client) -> None:
+        self.app = app
+        self.client = client
+        self.config: Config = app.ctx.config
+        self.metrics: Metrics = app.ctx.metrics
+        self.bucket = TokenBucket(self.config.rate_per_s, self.config.rate_burst)
+        self.sends: deque[protocol.SendFrame] | None = None  # only while sends wait
+        self.sender: asyncio.Task[None] | None = None
+
+    def error(self, code: ErrorCode, message: str) -> None:
+        self.metrics.errors.inc(code.value)
+        self.client.offer(protocol.error_frame(code, message))
+
+    def on_message(self, data: str | bytes) -> None:
+        client = self.client
+        if client.closed:
+            return
+        if not self.bucket.take():
+            self.error(ErrorCode.RATE_LIMITED, f"more than {self.config.rate_per_s:g} "
+                                               f"frames/s (burst {self.config.rate_burst})")
+            return
+        try:
+            frame = protocol.parse_client_frame(data)
+        except ProtocolError as e:
+            self.error(e.code, e.message)
+            return
+        if isinstance(frame, protocol.PingFrame):
+            client.offer(protocol.PONG_FRAME)
+            return
+        if self.sends is None:
+            self.sends = deque()
+        if len(self.sends) >= SENDS_WAITING_MAX:
+            self.error(ErrorCode.UNAVAILABLE,
+                       "too many sends waiting for storage; retry with the same client_id")
+            return
+        self.sends.append(frame)
+        if self.sender is None:
+            self.sender = asyncio.create_task(self._store_sends(),
+                                              name=f"sends-{client.user_id}")
+
+    async def _store_sends(self) -> None:
+        sends = self.sends
+        try:
+            while sends and not self.client.closed:
+                await _handle_send(self.app, self.client, sends[0], self.error)
+                sends.popleft()
+        finally:
+            self.sender = None
+            if self.sends is sends and not sends:
+                self.sends = None
+
+    async def finish(self) -> None:
+        """The peer is gone: finish what it sent (a retry finds it by client_id)."""
+        sender = self.sender
+        if sender is None:
+            return
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(sender), SENDS_DRAIN_SECONDS)
+        finally:
+            if not sender.done():
+                sender.cancel()  # a send stopped half-way voids its number (store.append)
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await sender
+
+
 async def _read_loop(app: Sanic, ws: Any, client: Client) -> None:
-    config: Config = app.ctx.config
-    metrics: Metrics = app.ctx.metrics
-    bucket = TokenBucket(config.rate_per_s, config.rate_burst)
-
-    def error(code: ErrorCode, message: str) -> None:
-        metrics.errors.inc(code.value)
-        client.offer(protocol.error_frame(code, message))
-
-    # Sends are stored one after another by a task that exists only while sends wait, so
-    # this loop keeps reading while storage is slow: a reader stuck on DynamoDB leaves the
-    # client's later frames unread, and the keepalive's pongs queue behind them until the
-    # ping times out (close 1011).
-    sends: deque[protocol.SendFrame] = deque()
-    sender: asyncio.Task[None] | None = None
-
-    async def store_sends() -> None:
-        while sends and not client.closed:
-            await _handle_send(app, client, sends[0], error)
-            sends.popleft()
-
-    try:
+    reader = _Reader(app, client)
+    if isinstance(ws, LeanWebsocket):
+        ws.consume(reader.on_message)
+        try:
+            await ws.wait_closed()
+        finally:
+            ws.on_message = _ignore
+            await reader.finish()
+        return
+    try:  # any other WebSocket object (Sanic's own, a stand-in): read frame by frame
         while not client.closed:
             data = await ws.recv()
             if data is None:
                 break
-            if not bucket.take():
-                error(ErrorCode.RATE_LIMITED,
-                      f"more than {config.rate_per_s:g} frames/s (burst {config.rate_burst})")
-                continue
-            try:
-                frame = protocol.parse_client_frame(data)
-            except ProtocolError as e:
-                error(e.code, e.message)
-                continue
-            if isinstance(frame, protocol.PingFrame):
-                client.offer(protocol.PONG_FRAME)
-                continue
-            if len(sends) >= SENDS_WAITING_MAX:
-                error(ErrorCode.UNAVAILABLE,
-                      "too many sends waiting for storage; retry with the same client_id")
-                continue
-            sends.append(frame)
-            if sender is None or sender.done():
-                sender = asyncio.create_task(store_sends(), name=f"sends-{client.user_id}")
-        if sender is not None:
-            # the peer is gone: finish what it sent (a retry finds it by client_id)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(sender, SENDS_DRAIN_SECONDS)
+            reader.on_message(data)
     finally:
-        if sender is not None and not sender.done():
-            sender.cancel()  # a send stopped half-way voids its number (store.append)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+        await reader.finish()
+
+
+def _ignore(data: str | bytes) -> None:
+    """Frames after the handler stopped (a migrated or failed client still sending)."""
 
 
 async def _handle_send(app: Sanic, client: Client, frame: protocol.SendFrame,

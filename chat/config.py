@@ -37,7 +37,7 @@ class Config:
     CHAT_ALLOWED_ORIGINS [unset: same origin only; `*` allows any; else a comma list],
     CHAT_SEND_QUEUE [1000 frames per connection],
     CHAT_SLOW_SECONDS [5: a send stuck this long while frames wait closes with 1013],
-    CHAT_PING_INTERVAL [20 s],
+    CHAT_PING_INTERVAL [20 s], CHAT_PING_TIMEOUT [20 s of silence after a ping: close 1011],
     CHAT_GAP_WAIT [0.3 s], CHAT_GAP_SKIP [5 s], CHAT_RATE_PER_S [5], CHAT_RATE_BURST [10],
     CHAT_SOCKET_SNDBUF [65536 bytes of kernel send buffer per WebSocket; 0: OS default],
     CHAT_LOG_LEVEL [INFO].
@@ -63,6 +63,7 @@ class Config:
     slow_seconds: float = 5.0
     socket_sndbuf: int = 65536
     ping_interval: float = 20.0
+    ping_timeout: float = 20.0
     gap_wait: float = 0.3
     gap_skip: float = 5.0
     rate_per_s: float = 5.0
@@ -103,6 +104,7 @@ class Config:
             slow_seconds=_float(env, "CHAT_SLOW_SECONDS", 5.0),
             socket_sndbuf=_int(env, "CHAT_SOCKET_SNDBUF", 65536),
             ping_interval=_float(env, "CHAT_PING_INTERVAL", 20.0),
+            ping_timeout=_float(env, "CHAT_PING_TIMEOUT", 20.0),
             gap_wait=_float(env, "CHAT_GAP_WAIT", 0.3),
             gap_skip=_float(env, "CHAT_GAP_SKIP", 5.0),
             rate_per_s=_float(env, "CHAT_RATE_PER_S", 5.0),

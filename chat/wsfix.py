@@ -1,17 +1,14 @@
-"""Guards for two Sanic 25 WebSocket behaviours the fuzz and fault suites found.
+"""A guard for a Sanic 25 WebSocket behaviour the fault suite found.
 
-1. A text frame that is not valid UTF-8. Sanic's frame assembler decodes text frames in a
-   task nobody awaits: invalid UTF-8 raises UnicodeDecodeError there ("Task exception was
-   never retrieved" at ERROR level) and the connection is left half-alive, its handler
-   waiting forever for that message. RFC 6455 says: close with 1007 (invalid frame payload
-   data). `install()` swaps in an assembler that does exactly that; chat.app calls it once
-   at import.
-2. A frame that arrives after the handler stopped reading (a client sending while it is
-   migrated, closed with 1012/1013, or hanging up) waits in that same task for a reader
-   that never comes; when the connection is gone the task is garbage-collected and asyncio
-   logs "Task was destroyed but it is pending!" at ERROR level. Nothing is lost (the client
-   resends without an ack) but it drowns real errors: `quiet_orphaned_frames(loop)` logs
-   exactly that case at debug level and passes everything else on.
+A frame that arrives after the handler stopped reading (a client sending while it is
+migrated, closed with 1012/1013, or hanging up) used to wait, in Sanic's frame assembler,
+for a reader that never comes; when the connection was gone the task was
+garbage-collected and asyncio logged "Task was destroyed but it is pending!" at ERROR
+level. Nothing is lost (the client resends without an ack) but it drowned real errors.
+chat/wslean.py no longer creates such tasks (frames go to a callback as they arrive, and
+an invalid UTF-8 text frame closes with 1007 there); `quiet_orphaned_frames(loop)` stays
+as a guard for any Sanic WebSocket that still uses the assembler, logging exactly that
+case at debug level and passing everything else on.
 """
 
 from __future__ import annotations
@@ -19,24 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
-
-from sanic.server.websockets import impl
-from sanic.server.websockets.frame import WebsocketFrameAssembler
-
-CLOSE_INVALID_DATA = 1007
-
-
-class Utf8CheckingAssembler(WebsocketFrameAssembler):
-    async def put(self, frame: Any) -> None:
-        try:
-            await super().put(frame)
-        except UnicodeDecodeError:
-            self.decoder = None
-            self.protocol.fail_connection(CLOSE_INVALID_DATA, "invalid UTF-8 in a text frame")
-
-
-def install() -> None:
-    impl.WebsocketFrameAssembler = Utf8CheckingAssembler  # type: ignore[misc]
 
 
 def quiet_orphaned_frames(loop: asyncio.AbstractEventLoop) -> None:

@@ -77,7 +77,8 @@ def test_app_settings_frame_limit_ping_and_drain_before_sanic_cancels_websockets
 
     app = create_app(Config(color="green"))
     assert app.config.WEBSOCKET_MAX_SIZE == 16384
-    assert 0 < app.config.WEBSOCKET_PING_INTERVAL <= 30  # ALB idle timeout is 60 s
+    assert 0 < app.ctx.pinger.interval <= 30  # ALB idle timeout is 60 s
+    assert app.config.WEBSOCKET_PING_INTERVAL is None  # one Pinger, no task per connection
     assert app.websocket_enabled
     # Sanic's own "cancel every WebSocket handler on stop" listener must not run before
     # our drain: it is only registered when Sanic enables WebSockets itself.

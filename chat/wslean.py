@@ -1,0 +1,304 @@
+"""A lean WebSocket connection for Sanic: frames handed to a callback, one shared pinger.
+
+Sanic 25's `WebsocketImplProtocol` gives every connection a frame assembler (two Events, a
+Queue, two Locks: five `collections.deque`s of ~600 bytes each), a keep-alive task that
+sleeps and pings, an auto-close task, a task per `data_received` call and a task plus two
+futures per `recv()`. For a chat that holds thousands of mostly idle connections that is
+most of the memory per connection, and the per-frame tasks are CPU on the receive path.
+
+`LeanWebsocket` keeps Sanic's protocol (handshake, `send`, `close`, `fail_connection`,
+close handshake via websockets' sans-I/O `ServerProtocol`) and replaces the receive side
+and the lifecycle tasks:
+
+- `data_received` parses the bytes synchronously and hands each complete message to
+  `on_message` (set by the handler once the client has joined; messages that arrive
+  before are kept, at most `EARLY_MAX`, with reading paused beyond that). Text frames
+  with invalid UTF-8 close the connection with 1007 (RFC 6455 8.1).
+- No keep-alive task: `Pinger` (one task per process) pings every connection it has not
+  heard from for `interval` seconds and fails one it has heard nothing from — no pong, no
+  frame — for `interval + timeout` seconds with 1011. Any frame counts as a sign of life,
+  so a client whose frames are being processed is never cut off for a late pong.
+- No auto-close task: Sanic's close paths already handle its absence (they close the
+  transport themselves, with an abort after `close_timeout`).
+- `wait_closed()` resolves when the TCP connection is gone.
+
+`recv()` still works (messages queue while no `on_message` is set), for code and tests
+that read frames one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from sanic.server.protocols import websocket_protocol
+from sanic.server.websockets.impl import WebsocketImplProtocol
+from websockets.exceptions import ConnectionClosedError
+from websockets.frames import Opcode
+from websockets.protocol import State
+
+log = logging.getLogger("chat.ws")
+
+OPEN, CLOSED = State.OPEN, State.CLOSED
+CLOSE_INVALID_DATA = 1007
+CLOSE_INTERNAL_ERROR = 1011
+EARLY_MAX = 64  # messages kept before on_message is set; reading pauses beyond this
+
+Message = str | bytes
+
+_utf8 = codecs.getdecoder("utf-8")
+_tasks: set[asyncio.Task[None]] = set()  # short writes in flight (pongs, close handshakes)
+
+
+def _spawn(coro: Any) -> None:
+    task = asyncio.create_task(coro)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+class LeanWebsocket(WebsocketImplProtocol):
+    """Sanic's WebSocket protocol without the per-connection tasks (see module doc)."""
+
+    live: ClassVar[set[LeanWebsocket]] = set()  # open connections, for the shared pinger
+
+    def __init__(self, ws_proto: Any, max_queue: Any = None,
+                 ping_interval: float | None = None, ping_timeout: float | None = None,
+                 close_timeout: float = 10, loop: Any = None) -> None:
+        # Not calling super().__init__: it builds the frame assembler this class replaces.
+        self.ws_proto = ws_proto
+        self.io_proto = None
+        self.loop = None
+        self.max_queue = max_queue
+        self.close_timeout = close_timeout
+        self.ping_interval = None  # the shared Pinger pings (Sanic's per-connection task off)
+        self.ping_timeout = None
+        self.assembler = None  # type: ignore[assignment]
+        self.pings = {}
+        self.conn_mutex = asyncio.Lock()  # Sanic's send/close/ping take it
+        self.recv_lock = asyncio.Lock()
+        self.recv_cancel = None
+        self.process_event_mutex = asyncio.Lock()
+        self.data_finished_fut = None
+        self.can_pause = True
+        self.pause_frame_fut = None
+        self.keepalive_ping_task = None
+        self.auto_closer_task = None
+        self.connection_lost_waiter = None
+        self.on_message: Callable[[Message], None] | None = None
+        self.inbox: deque[Message] | None = None  # messages nobody consumed yet
+        self.fragments: list[bytes] | None = None  # a fragmented message in progress
+        self.fragments_text = False
+        self.last_seen = 0.0
+        self.ping_sent = 0.0  # when the Pinger last pinged it
+        self.reading_paused = False
+        self.waiter: asyncio.Future[None] | None = None  # recv() waiting for a message
+
+    # --- lifecycle ---
+
+    async def connection_made(self, io_proto: Any,
+                              loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if loop is None:
+            loop = getattr(io_proto, "loop", None) or asyncio.get_running_loop()
+        self.loop = loop
+        self.io_proto = io_proto
+        self.connection_lost_waiter = loop.create_future()
+        # Sanic's send() refuses to write once this is done; the close paths cancel it.
+        self.data_finished_fut = loop.create_future()
+        self.last_seen = loop.time()
+        LeanWebsocket.live.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        LeanWebsocket.live.discard(self)
+        super().connection_lost(exc)
+        self._wake()
+
+    async def wait_closed(self) -> None:
+        """Until the TCP connection is gone (cancelling the caller leaves it alone)."""
+        if self.connection_lost_waiter is not None:
+            await asyncio.shield(self.connection_lost_waiter)
+
+    # --- receiving ---
+
+    def data_received(self, data: bytes) -> None:
+        ws_proto = self.ws_proto
+        ws_proto.receive_data(data)
+        out = ws_proto.data_to_send()
+        events = ws_proto.events_received()
+        if self.loop is not None:
+            self.last_seen = self.loop.time()
+        if out:  # pongs to the client's pings, the closing handshake, protocol errors
+            _spawn(self.async_data_received(out, []))
+        for frame in events:
+            self._frame(frame)
+
+    def eof_received(self) -> bool | None:
+        ws_proto = self.ws_proto
+        ws_proto.receive_eof()
+        out = ws_proto.data_to_send()
+        for frame in ws_proto.events_received():
+            self._frame(frame)
+        _spawn(self.async_eof_received(out, []))
+        self._wake()
+        return False
+
+    def _frame(self, frame: Any) -> None:
+        op = frame.opcode
+        if op is Opcode.TEXT or op is Opcode.BINARY:
+            if not frame.fin:
+                self.fragments, self.fragments_text = [frame.data], op is Opcode.TEXT
+                return
+            self._message(frame.data, op is Opcode.TEXT)
+        elif op is Opcode.CONT:
+            if self.fragments is None:
+                return  # websockets' parser refuses this already; nothing to continue
+            self.fragments.append(frame.data)
+            if frame.fin:
+                data, self.fragments = b"".join(self.fragments), None
+                self._message(data, self.fragments_text)
+        elif op is Opcode.CLOSE:
+            self._wake()
+        # PING: websockets queued the pong in data_to_send; PONG: last_seen is enough
+
+    def _message(self, data: bytes, text: bool) -> None:
+        message: Message
+        if text:
+            try:
+                message = _utf8(data)[0]
+            except UnicodeDecodeError:
+                self.fail_connection(CLOSE_INVALID_DATA, "invalid UTF-8 in a text frame")
+                return
+        else:
+            message = data
+        consumer = self.on_message
+        if consumer is not None and not self.inbox:
+            try:
+                consumer(message)
+            except Exception:
+                log.exception("ws_consumer_error", extra={"event": "ws_consumer_error"})
+                self.fail_connection(CLOSE_INTERNAL_ERROR, "internal error")
+            return
+        if self.inbox is None:
+            self.inbox = deque()
+        self.inbox.append(message)
+        if len(self.inbox) >= EARLY_MAX and not self.reading_paused:
+            self.reading_paused = True
+            if self.io_proto is not None and self.io_proto.transport is not None:
+                self.io_proto.transport.pause_reading()
+        self._wake()
+
+    def consume(self, on_message: Callable[[Message], None]) -> None:
+        """From now on hand every message to `on_message`, starting with the early ones."""
+        self.on_message = on_message
+        while self.inbox and self.on_message is on_message:
+            try:
+                on_message(self.inbox.popleft())
+            except Exception:
+                log.exception("ws_consumer_error", extra={"event": "ws_consumer_error"})
+                self.fail_connection(CLOSE_INTERNAL_ERROR, "internal error")
+                break
+        self.inbox = None
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        if self.reading_paused:
+            self.reading_paused = False
+            if self.io_proto is not None and self.io_proto.transport is not None \
+                    and self.ws_proto.state is OPEN:
+                self.io_proto.transport.resume_reading()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def recv(self, timeout: float | None = None) -> Message | None:  # noqa: ASYNC109
+        """The next message not handed to `on_message`; None after `timeout` seconds."""
+        while not self.inbox:
+            if self.ws_proto.state is not OPEN or (
+                    self.connection_lost_waiter is not None
+                    and self.connection_lost_waiter.done()):
+                raise ConnectionClosedError(self.ws_proto.close_rcvd, self.ws_proto.close_sent)
+            if self.loop is None:
+                raise ConnectionClosedError(None, None)
+            self.waiter = self.loop.create_future()
+            try:
+                if timeout is None:
+                    await self.waiter
+                else:
+                    try:
+                        await asyncio.wait_for(self.waiter, timeout)
+                    except TimeoutError:
+                        return None
+            finally:
+                self.waiter = None
+        message = self.inbox.popleft()
+        if len(self.inbox) < EARLY_MAX // 2:
+            self._resume_reading()
+        return message
+
+    # --- keep-alive ---
+
+    def ping_now(self) -> None:
+        """Write a ping frame (control frames may go between whole messages)."""
+        io = self.io_proto
+        if self.ws_proto.state is not OPEN or io is None or io.transport is None \
+                or io.transport.is_closing():
+            return
+        self.ws_proto.send_ping(b"")
+        for chunk in self.ws_proto.data_to_send():
+            if chunk:
+                io.transport.write(chunk)
+
+
+class Pinger:
+    """One task per process that keeps every LeanWebsocket alive or fails it (1011)."""
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self.task: asyncio.Task[None] | None = None
+        self.failed = 0
+
+    def start(self) -> None:
+        if self.interval > 0 and self.task is None:
+            self.task = asyncio.create_task(self._run(), name="ws-pinger")
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+    def sweep(self, now: float) -> None:
+        for ws in list(LeanWebsocket.live):
+            if ws.ws_proto.state is not OPEN:
+                continue
+            silent = now - ws.last_seen
+            if silent >= self.interval + self.timeout:
+                self.failed += 1
+                log.info("ws_ping_timeout", extra={"event": "ws_ping_timeout",
+                                                   "silent_s": round(silent, 1)})
+                ws.fail_connection(CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
+            elif silent >= self.interval * 0.9 and (ws.ping_sent < ws.last_seen
+                                                    or now - ws.ping_sent >= self.interval):
+                ws.ping_sent = now
+                ws.ping_now()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Sweep a few times per interval so that a connection's ping goes out within
+        # about a tenth of an interval of the moment it fell silent for `interval`.
+        step = max(0.05, self.interval / 10)
+        while True:
+            await asyncio.sleep(step)
+            try:
+                self.sweep(loop.time())
+            except Exception:
+                log.exception("ws_pinger_error", extra={"event": "ws_pinger_error"})
+
+
+def install() -> None:
+    """Make Sanic's WebSocket handshake create LeanWebsocket connections."""
+    websocket_protocol.WebsocketImplProtocol = LeanWebsocket  # type: ignore[misc]
