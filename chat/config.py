@@ -40,7 +40,9 @@ class Config:
     CHAT_PING_INTERVAL [20 s], CHAT_PING_TIMEOUT [20 s of silence after a ping: close 1011],
     CHAT_GAP_WAIT [0.3 s], CHAT_GAP_SKIP [5 s], CHAT_RATE_PER_S [5], CHAT_RATE_BURST [10],
     CHAT_SOCKET_SNDBUF [65536 bytes of kernel send buffer per WebSocket; 0: OS default],
-    CHAT_LOG_LEVEL [INFO].
+    CHAT_LOG_LEVEL [INFO],
+    CHAT_DYNAMODB_CLIENT [ddb: the hot calls through chat/ddb.py, a keep-alive JSON-protocol
+    client; `botocore`: every call through aioboto3, the path before issue #6].
     """
 
     host: str = "127.0.0.1"
@@ -69,6 +71,8 @@ class Config:
     rate_per_s: float = 5.0
     rate_burst: int = 10
     log_level: str = "INFO"
+    # which client makes the hot DynamoDB calls: "ddb" (chat/ddb.py) or "botocore" (aioboto3)
+    dynamodb_client: str = "ddb"
 
     def __post_init__(self) -> None:
         if not self.instance_id:
@@ -78,6 +82,8 @@ class Config:
             raise ValueError("CHAT_COLOR must be 1-16 of a-z, 0-9, - (e.g. blue, green)")
         if not 0.0 <= self.fault_rate <= 1.0:
             raise ValueError("CHAT_FAULT_RATE must be between 0 and 1")
+        if self.dynamodb_client not in ("ddb", "botocore"):
+            raise ValueError("CHAT_DYNAMODB_CLIENT must be ddb or botocore")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -110,6 +116,7 @@ class Config:
             rate_per_s=_float(env, "CHAT_RATE_PER_S", 5.0),
             rate_burst=_int(env, "CHAT_RATE_BURST", 10),
             log_level=env.get("CHAT_LOG_LEVEL", "INFO"),
+            dynamodb_client=env.get("CHAT_DYNAMODB_CLIENT", "").strip().lower() or "ddb",
         )
         for key, value in overrides.items():
             if value is not None:

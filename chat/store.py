@@ -1,4 +1,9 @@
-"""MessageStore: the durable side of the chat, DynamoDB through aioboto3.
+"""MessageStore: the durable side of the chat, DynamoDB.
+
+- The calls of the hot paths (send, join, history, readiness) go through chat/ddb.py, a
+  small JSON-protocol client on a keep-alive connection pool; table creation goes through
+  aioboto3. `CHAT_DYNAMODB_CLIENT=botocore` sends everything through aioboto3 (the old
+  path). Both raise botocore's exceptions, so the handling below is the same for both.
 
 - Each room's sequence number is an atomic ADD on the `room#<room>` counter in user-counter.
 - Before its message is written, a client_id is claimed by an idempotency record
@@ -20,10 +25,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import aioboto3
+from aiobotocore.session import get_session
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .config import Config
+from .ddb import DynamoDB
 from .protocol import message_frame
 from .tables import TTL_ATTRIBUTE, init_tables
 
@@ -62,7 +69,8 @@ class MessageStore:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._stack = AsyncExitStack()
-        self._client: Any = None
+        self._client: Any = None  # the hot calls' client: chat.ddb.DynamoDB, or aioboto3's
+        self._boto: Any = None  # aioboto3's client: table creation (and all, with botocore)
         self._voiding: set[asyncio.Task[None]] = set()
         self.messages = config.table_messages
         self.connections = config.table_connections
@@ -71,13 +79,23 @@ class MessageStore:
         self.last_error = 0.0  # ... and of the last failed one
 
     async def start(self) -> None:
-        session = aioboto3.Session()
+        botocore_session = get_session()
+        session = aioboto3.Session(botocore_session=botocore_session)
         boto_config = BotoConfig(connect_timeout=2, read_timeout=5,
                                  retries={"max_attempts": 2, "mode": "standard"},
                                  max_pool_connections=50)
-        self._client = await self._stack.enter_async_context(session.client(
+        self._boto = await self._stack.enter_async_context(session.client(
             "dynamodb", region_name=self.config.aws_region,
             endpoint_url=self.config.dynamodb_endpoint, config=boto_config))
+        if self.config.dynamodb_client == "botocore":
+            self._client = self._boto
+            return
+        # the endpoint and region botocore resolved (config, AWS_ENDPOINT_URL*, the regional
+        # default), the credentials of botocore's chain (refreshed when refreshable)
+        self._client = await self._stack.enter_async_context(DynamoDB(
+            endpoint_url=self._boto.meta.endpoint_url, region=self._boto.meta.region_name,
+            credentials=await botocore_session.get_credentials(),
+            connect_timeout=2, read_timeout=5, max_attempts=2, max_connections=50))
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -89,7 +107,9 @@ class MessageStore:
         return self._client
 
     async def init_tables(self) -> list[str]:
-        return await init_tables(self.config, self.client)
+        if self._boto is None:
+            raise RuntimeError("MessageStore.start() was not awaited")
+        return await init_tables(self.config, self._boto)
 
     async def _call(self, op: str, **kwargs: Any) -> Any:
         try:

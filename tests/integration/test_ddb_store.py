@@ -1,0 +1,97 @@
+"""MessageStore on a real moto server through each DynamoDB client (CHAT_DYNAMODB_CLIENT):
+the same answers, the same exception behaviour."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from chat.config import Config
+from chat.ddb import DynamoDB
+from chat.store import MessageStore, StoreUnavailable
+from tests.conftest import Service, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(params=["ddb", "botocore"])
+async def store(request: pytest.FixtureRequest, moto_server: Service
+                ) -> AsyncIterator[MessageStore]:
+    suffix = uuid.uuid4().hex[:6]
+    cfg = Config(dynamodb_endpoint=moto_server.url, table_messages=f"m-{suffix}",
+                 table_connections=f"c-{suffix}", table_user_counter=f"u-{suffix}",
+                 dynamodb_client=request.param)
+    s = MessageStore(cfg)
+    await s.start()
+    await s.init_tables()
+    yield s
+    await s.close()
+
+
+async def test_the_switch_picks_the_client(store: MessageStore) -> None:
+    assert isinstance(store.client, DynamoDB) == (store.config.dynamodb_client == "ddb")
+
+
+def test_the_switch_is_read_from_the_environment() -> None:
+    assert Config.from_env({}).dynamodb_client == "ddb"
+    assert Config.from_env({"CHAT_DYNAMODB_CLIENT": "botocore"}).dynamodb_client == "botocore"
+    with pytest.raises(ValueError):
+        Config.from_env({"CHAT_DYNAMODB_CLIENT": "boto"})
+
+
+async def test_send_join_and_history_calls(store: MessageStore) -> None:
+    assert await store.latest_seq("r") == 0
+    first = await store.next_user_id()
+    assert await store.next_user_id() == first + 1
+    a = await store.append(room="r", user_id=1, name="n", text="héllo ✓", client_id="c1",
+                           color="blue")
+    b = await store.append(room="r", user_id=2, name="m", text="two", client_id="c2",
+                           color="green")
+    assert (a.seq, b.seq) == (1, 2) and not a.duplicate and a.frame is not None
+    again = await store.append(room="r", user_id=1, name="n", text="héllo ✓", client_id="c1",
+                               color="blue")
+    assert again.duplicate and again.seq == 1  # ConditionalCheckFailed recognised
+    assert await store.latest_seq("r") == 3  # the resend took 3, found its claim, voided 3
+    items = await store.query("r", since=0, limit=10)
+    assert [(int(i["seq"]["N"]), i.get("text", {}).get("S"), "void" in i) for i in items] == [
+        (1, "héllo ✓", False), (2, "two", False), (3, None, True)]
+    found = await store.range("r", 1, 4)
+    assert set(found) == {1, 2, 3} and found[3] is None
+    assert found[1] is not None and found[1]["text"] == "héllo ✓"
+    # the fence of a stored number returns it (its conditional put fails, then a get)
+    fenced = await store.fence("r", 2)
+    assert fenced is not None and fenced["text"] == "two"
+    assert await store.fence("r", 9) is None
+    cid = await store.add_connection(user_id=1, room="r", instance="i", color="blue",
+                                     version="v1")
+    await store.remove_connection(cid)
+    await store.ping()
+    assert store.answered_recently(5.0)
+
+
+async def test_history_latest_and_since_with_a_limit(store: MessageStore) -> None:
+    for i in range(6):
+        await store.append(room="p", user_id=1, name="n", text=f"m{i}", client_id=f"k{i}",
+                           color="blue")
+    latest = await store.query("p", since=None, limit=3)
+    assert [int(i["seq"]["N"]) for i in latest] == [4, 5, 6]
+    after = await store.query("p", since=2, limit=2)
+    assert [int(i["seq"]["N"]) for i in after] == [3, 4]
+
+
+@pytest.mark.parametrize("client", ["ddb", "botocore"])
+async def test_nothing_listening_is_store_unavailable(client: str) -> None:
+    s = MessageStore(Config(dynamodb_endpoint=f"http://127.0.0.1:{free_port()}",
+                            dynamodb_client=client))
+    await s.start()
+    try:
+        with pytest.raises(StoreUnavailable):
+            await s.ping()
+        with pytest.raises(StoreUnavailable):
+            await s.append(room="r", user_id=1, name="n", text="t", client_id="c",
+                           color="blue")
+        assert not s.answered_recently(5.0)
+    finally:
+        await s.close()
