@@ -9,6 +9,15 @@ with the same ``client_id``), follows ``migrate`` make-before-break (new connect
 ``since`` first, then close the old one) and reconnects with exponential backoff and full
 jitter after an unexpected close, resuming with ``since``.
 
+A new connection (join, reconnect, churn, migration) becomes the user's connection only once
+its ``history`` frame has arrived, not at its ``welcome``: until then the old connection (if
+still open) stays the one the user sends on and keeps receiving, and the user counts as
+connected / recovered only from that history on. A user's next churn is timed from that
+moment, so a slow join is never abandoned for another one that would resume from the same
+``since``. A candidate that closes before its history, or gets none within
+``history_timeout``, is retried with backoff (``closed_before_history``,
+``history_timeouts`` in the report); ``history_wait_ms`` is welcome-to-history time.
+
 Accounting (what "lost", "duplicated" and "out of order" mean):
 
 * every ``ack`` adds its ``seq`` to the room's set of acknowledged sequence numbers, whoever
@@ -280,6 +289,7 @@ class LoadGenConfig:
     churn: float = 0.0                 # mean seconds between planned reconnects per user
     seed: int | None = None
     connect_timeout: float = 10.0
+    history_timeout: float = 60.0      # welcome -> history; then the candidate is given up
     ack_timeout: float = 10.0
     backoff_base: float = 0.2          # reconnect/retry backoff: full jitter under
     backoff_cap: float = 10.0          # min(cap, base * 2**attempt)
@@ -304,6 +314,8 @@ class Stats:
     send_frames: int = 0               # including retries
     retries: int = 0
     http_fills: int = 0                # pages fetched over HTTP after a history with more
+    closed_before_history: int = 0     # candidates that said welcome, then closed
+    history_timeouts: int = 0          # candidates given up: no history in history_timeout
     acked: int = 0
     rejected: int = 0                  # invalid / too_long: never acked, not retried
     errors: Counter[str] = field(default_factory=Counter)
@@ -322,6 +334,8 @@ class _Conn:
         self.welcome = welcome
         self.color = str(welcome.get("color", "?"))
         self.closed = asyncio.Event()
+        self.history = asyncio.Event()   # set once its history frame has been accounted
+        self.welcomed_at = time.monotonic()
         self.migrate = asyncio.Event()
         self.closing_by_us = False
         self.reader: asyncio.Task[None] | None = None
@@ -338,7 +352,8 @@ class SimUser:
         self.room = room
         self.name = name
         self.track = UserTrack(room)
-        self.conn: _Conn | None = None
+        self.conn: _Conn | None = None     # the connection in use (its history arrived)
+        self.candidate: _Conn | None = None  # a new one still waiting for its history
         self.connected = asyncio.Event()
         self.outbox: asyncio.Queue[str] = asyncio.Queue()
         self.inflight: str | None = None
@@ -399,10 +414,43 @@ class SimUser:
         st.new_by_color[color] += 1
         st.timeline.append((int(time.time() * 1000), color, why))
         conn.reader = asyncio.create_task(self._read(conn))
+        self.candidate = conn
+        try:
+            await self._await_history(conn)
+        finally:
+            self.candidate = None
         return conn
 
+    async def _await_history(self, conn: _Conn) -> None:
+        """Return once ``conn``'s history has arrived; else close it and raise."""
+        st = self.lg.stats
+        waits = [asyncio.ensure_future(e.wait())
+                 for e in (conn.history, conn.closed, self.lg.closing_event)]
+        try:
+            await asyncio.wait(waits, timeout=self.lg.cfg.history_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if conn.history.is_set():
+            # (if it closed right after its history, the user loop sees that as a close)
+            return
+        if conn.closed.is_set():
+            st.closed_before_history += 1
+            raise ConnectionError("closed before its history")
+        if not self.lg.closing:
+            st.history_timeouts += 1
+        conn.closing_by_us = True
+        with contextlib.suppress(Exception):
+            await conn.ws.close(1000, "no history")
+        if conn.reader is not None:
+            with contextlib.suppress(Exception):
+                await conn.reader
+        raise ConnectionError("no history in time")
+
     async def _open(self, why: str) -> _Conn:
-        """Open a connection, retrying with backoff until it works or the run stops."""
+        """Open a connection, retrying with backoff until its history arrived or the run
+        stops."""
         attempt = self.fail_streak
         while True:
             if self.lg.closing:
@@ -437,6 +485,9 @@ class SimUser:
                         # history stops at 1,000 messages and live frames start later:
                         # the ones between come from the HTTP API, like the web client
                         self.lg.background(self._fill_after(conn.url, int(hist[-1]["seq"])))
+                    if not conn.history.is_set():
+                        self.lg.history_wait.add((time.monotonic() - conn.welcomed_at) * 1000)
+                        conn.history.set()   # now it may replace the user's connection
                 elif t == "ack":
                     self._on_reply(f)
                 elif t == "error":
@@ -544,6 +595,8 @@ class SimUser:
                 continue
             why = "migrate" if "migrate" in reasons else "churn"
             self.url_turn += 1
+            # make-before-break: `conn` stays the user's connection (sends, deliveries)
+            # until the new one's history has arrived; no churn timer runs meanwhile
             try:
                 new = await self._open(why)
             except _Done:
@@ -553,7 +606,7 @@ class SimUser:
             else:
                 st.churns += 1
             if conn.closed.is_set() and not conn.closing_by_us:
-                st.unexpected_closes += 1  # the old one died before the new one was up
+                st.unexpected_closes += 1  # the old one died before the new one's history
             old, conn = conn, new
             self.conn = conn
             self.connected.set()
@@ -630,12 +683,15 @@ class LoadGen:
         self.stats = Stats()
         self.latency = LatencyHistogram()
         self.ack_latency = LatencyHistogram()
+        self.history_wait = LatencyHistogram()   # welcome -> history of each connection
         self.acked: dict[str, set[int]] = {r: set() for r in self.rooms}
         self.stop_event = asyncio.Event()      # stop sending
         self.closing_event = asyncio.Event()   # close everything
         self.closing = False
         self.started_at = 0.0
         self.sending_s = 0.0
+        self.drain_s: float | None = None      # how long the drain took (None: not reached)
+        self.drain_complete = False
         self.all_joined = asyncio.Event()      # every user connected once
         self._bg: set[asyncio.Task[None]] = set()
         self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -735,10 +791,13 @@ class LoadGen:
                 while not u.outbox.empty():
                     u.outbox.get_nowait()
                     self.stats.unsent_at_stop += 1
-            deadline = time.monotonic() + cfg.drain
+            drain_from = time.monotonic()
+            deadline = drain_from + cfg.drain
             # a poll: completeness is a computation over all users, not one event
             while time.monotonic() < deadline and not self._complete():  # noqa: ASYNC110
                 await asyncio.sleep(0.25)
+            self.drain_complete = self._complete()
+            self.drain_s = time.monotonic() - drain_from
             held, live = self._held(), self._live()
         finally:
             self.closing = True
@@ -760,7 +819,10 @@ class LoadGen:
         return (f"[loadgen +{time.time() - self.started_at:5.0f}s] live {sum(live.values())}"
                 f"/{self.cfg.users} ({colors})  sent {st.sent} acked {st.acked}"
                 f"  unexpected closes {st.unexpected_closes}  migrations {st.migrations}"
-                f"  p99 {p99}")
+                f"  p99 {p99}  awaiting history {self._awaiting_history()}")
+
+    def _awaiting_history(self) -> int:
+        return sum(1 for u in self.users if u.candidate is not None)
 
     async def _progress(self, every: float) -> None:
         while not self.closing:
@@ -811,6 +873,8 @@ class LoadGen:
             "url": self.cfg.url, "extra_urls": self.cfg.extra_urls,
             "users": self.cfg.users, "rooms": self.rooms,
             "rate": self.cfg.rate, "duration_s": round(self.sending_s, 2),
+            "drain_s": None if self.drain_s is None else round(self.drain_s, 2),
+            "drain_complete": self.drain_complete,
             "connected": st.connected_users,
             "held_to_delivery": len(held),
             "disconnected_at_end": sum(1 for u in self.users if u.ever_connected) - len(held),
@@ -824,9 +888,13 @@ class LoadGen:
             "unsent_at_stop": st.unsent_at_stop,
             "sent": st.sent, "send_frames": st.send_frames, "retries": st.retries,
             "acked": st.acked, "rejected": st.rejected, "http_fills": st.http_fills,
+            "closed_before_history": st.closed_before_history,
+            "history_timeouts": st.history_timeouts,
             **totals,
             "latency_ms": {**lat, "basis": "receive wall clock - message ts (server clock)"},
             "ack_latency_ms": {**ack, "basis": "local clock, first send to ack"},
+            "history_wait_ms": {**self.history_wait.summary(),
+                                "basis": "local clock, welcome to history, per connection"},
             "errors": dict(st.errors),
             "close_codes": dict(st.close_codes),
             "connections_by_color": dict(live),
@@ -852,7 +920,7 @@ def format_report(r: dict[str, Any]) -> str:
         return "-" if v is None else f"{v:.1f} ms"
 
     lat, ack = r["latency_ms"], r["ack_latency_ms"]
-    rows = [
+    rows: list[tuple[str, Any]] = [
         ("users connected", f"{r['connected']} / {r['users']}"
                             f" (held to delivery at end: {r['held_to_delivery']})"),
         ("handshakes ok / failed", f"{r['handshakes']} / {r['failed_handshakes']}"),
@@ -870,6 +938,14 @@ def format_report(r: dict[str, Any]) -> str:
          f"{ms(lat['p50'])} / {ms(lat['p95'])} / {ms(lat['p99'])}  (vs message ts)"),
         ("ack latency p50/p95/p99",
          f"{ms(ack['p50'])} / {ms(ack['p95'])} / {ms(ack['p99'])}  (local clock)"),
+    ]
+    hw = r.get("history_wait_ms")
+    if hw is not None:
+        rows.append(("welcome to history p50/p95/p99",
+                     f"{ms(hw['p50'])} / {ms(hw['p95'])} / {ms(hw['p99'])}"
+                     f"  ({r.get('closed_before_history', 0)} closed before it,"
+                     f" {r.get('history_timeouts', 0)} timed out)"))
+    rows += [
         ("connections by color (end)", _colors(r["connections_by_color"])),
         ("new connections by color", _colors(r["new_connections_by_color"])),
         ("errors", _colors(r["errors"]) or "none"),

@@ -6,7 +6,8 @@
 // - every message is keyed by its room sequence number (seq): duplicates are dropped,
 //   gaps are asked for over HTTP, a reconnect resumes with ?since=<last seq>;
 // - `migrate` is make-before-break: the new socket is opened first and the old one is
-//   closed only when the new one has said welcome, so the user sees no interruption.
+//   closed only when the new one has sent its history, so the user sees no interruption
+//   (until then the old one stays in use: sends go there and its messages are shown).
 'use strict';
 
 (() => {
@@ -64,6 +65,7 @@
   const BACKOFF_CAP_MS = 15000;
   const ACK_TIMEOUT_MS = 10000;
   const GAP_WAIT_MS = 800;
+  const HISTORY_TIMEOUT_MS = 30000; // a new connection with no history by then is retried
   const PAGE_SIZE = 1000;
   const MAX_SHOWN = 400; // a phone in a 100-person room at 20 msg/s must stay smooth
   // Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^attempt)].
@@ -94,8 +96,9 @@
   const state = {
     room: '',
     name: '',
-    current: null,      // the connection in use: {ws, welcomed, intentional}
-    candidate: null,    // a connection being opened (join, reconnect or migrate)
+    current: null,      // the connection in use: {ws, welcome, intentional, ...}
+    candidate: null,    // a connection being opened (join, reconnect or migrate) until
+                        // its history arrives
     everJoined: false,
     lastSeq: 0,         // highest seq received: the `since` of the next connection
     bySeq: new Map(),   // seq -> <li>
@@ -135,32 +138,49 @@
     return conn !== null && conn.ws.readyState <= WebSocket.OPEN && !conn.intentional;
   }
 
-  // Open a new connection. It replaces the current one only once it has said welcome.
+  // Open a new connection. It replaces the current one only once its history has arrived
+  // (a slow join must not leave the page on a connection that has delivered nothing).
   function connect() {
     if (state.candidate) return;
     clearTimeout(state.retryTimer);
-    const conn = { ws: new WebSocket(wsUrl()), welcomed: false, intentional: false };
+    const conn = {
+      ws: new WebSocket(wsUrl()), welcome: null, intentional: false, migrateAsked: false,
+      historyTimer: null,
+    };
     state.candidate = conn;
     conn.ws.addEventListener('message', (ev) => onFrame(conn, ev.data));
     conn.ws.addEventListener('close', () => onClose(conn));
+    // closing it counts as a failed attempt (onClose): retried with backoff
+    conn.historyTimer = setTimeout(() => {
+      if (state.candidate === conn) conn.ws.close();
+    }, HISTORY_TIMEOUT_MS);
   }
 
   function promote(conn) {
     const previous = state.current;
     state.current = conn;
     if (state.candidate === conn) state.candidate = null;
+    clearTimeout(conn.historyTimer);
+    const w = conn.welcome || {};
+    ui.badge.textContent = T.servedBy(w.color, w.version);
+    ui.badge.dataset.color = w.color;
+    ui.badge.title = w.server || '';
+    state.everJoined = true;
+    state.attempt = 0; // a connection that got this far counts as healthy
     hideStatus();
     if (previous && previous !== conn) {
       previous.intentional = true;
       previous.ws.close(1000, 'migrated');
     }
     resendPending();
+    if (conn.migrateAsked) connect(); // its instance asked it to move before it took over
   }
 
   function onClose(conn) {
+    clearTimeout(conn.historyTimer);
     if (conn.intentional) return;
     if (state.candidate === conn) {
-      // a join, reconnect or migration attempt failed before welcome
+      // a join, reconnect or migration attempt failed before its history
       state.candidate = null;
       state.attempt += 1;
       if (!isOpen(state.current)) showStatus(T.reconnecting, 1000);
@@ -169,7 +189,11 @@
     }
     if (state.current === conn) {
       state.current = null;
-      if (state.candidate) return; // a migration is under way: it takes over
+      if (state.candidate) {
+        // a migration is under way: it takes over once its history is here
+        showStatus(T.reconnecting, 1000); // only if that takes noticeably long
+        return;
+      }
       showStatus(T.reconnecting, 1000); // only if it takes noticeably long
       state.attempt += 1; // reset by the next history: a flapping server backs us off
       state.retryTimer = setTimeout(connect, backoff(state.attempt - 1));
@@ -193,21 +217,16 @@
     }
     switch (f.type) {
       case 'welcome':
-        conn.welcomed = true;
+        conn.welcome = f;
         state.myUserIds.add(f.user_id);
-        ui.badge.textContent = T.servedBy(f.color, f.version);
-        ui.badge.dataset.color = f.color;
-        ui.badge.title = f.server || '';
-        state.everJoined = true;
-        promote(conn);
         break;
       case 'history':
-        state.attempt = 0; // a connection that got this far counts as healthy
         for (const m of f.messages || []) addMessage(m);
         if (f.more && f.messages.length) {
           // history stops after 1,000 messages; live frames resume later: fetch between
           fillFrom(f.messages[f.messages.length - 1].seq).catch(() => {});
         }
+        if (conn === state.candidate) promote(conn); // now it replaces the current one
         break;
       case 'message':
         addMessage(f);
@@ -220,6 +239,7 @@
         break;
       case 'migrate':
         if (conn === state.current) connect();
+        else if (conn === state.candidate) conn.migrateAsked = true;
         break;
       case 'error':
         onError(f);

@@ -87,7 +87,10 @@ async def test_bad_green_trips_the_gate_rolls_back_and_drains_to_blue_with_zero_
     s = outcome("canary under fault", r, gate_msg=str(res.get("msg", ""))[:160],
                 weights_after_trip=weights_after_trip, drain_to_empty_s=round(drained_s, 2),
                 on_green_before_drain=r["new_connections_by_color"].get("green", 0),
-                migrations=r["migrations"])
+                migrations=r["migrations"], loadgen_drain_s=r["drain_s"],
+                history_wait_ms=r["history_wait_ms"],
+                closed_before_history=r["closed_before_history"],
+                history_timeouts=r["history_timeouts"])
     assert res.get("failed") is True and res.get("rolled_back") is True, res
     assert "error_rate" in res["msg"] and "previous weights restored" in res["msg"]
     assert weights_after_trip == {"blue": 90, "green": 10}

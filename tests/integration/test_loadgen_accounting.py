@@ -169,3 +169,35 @@ def test_report_table_names_the_failures() -> None:
     table = format_report(r)
     assert "LOST" in table and "blue=1" in table
     assert exit_code(r) == 1
+
+
+def test_old_connection_delivering_while_the_new_waits_for_its_history() -> None:
+    """The switch waits for the new history: meanwhile the old connection delivers 4-6
+    live, then the new one's history (since=3) repeats them, then live 7 on the new one.
+    Each seq counts once for the user (and once for latency), nothing is an error."""
+    u, old = joined(0)
+    h = LatencyHistogram()
+    for s in (1, 2, 3):
+        u.on_message(old, msg(s), 0, h)
+    new = ConnTrack(since=u.last_seq)           # opened; its history is slow
+    for s in (4, 5, 6):
+        u.on_message(old, msg(s), 0, h)         # the old one is still the user's
+    for s in (4, 5, 6):
+        u.on_message(new, msg(s), 0, h)         # the history frame
+    u.on_message(new, msg(7), 0, h)             # switched: live on the new one
+    r = report_for([u], {1, 2, 3, 4, 5, 6, 7})
+    assert r["delivered"] == 7 and r["overlap_dropped"] == 3 and h.n == 7
+    assert r["lost"] == r["duplicated"] == r["out_of_order"] == 0
+    assert u.last_seq == 7 and new.last_seq == 7 and old.last_seq == 6
+
+
+def test_a_replacement_that_repeats_a_seq_of_its_own_history_is_a_duplicate() -> None:
+    """Per connection still: the new one repeating a seq from its own history is an error
+    even though the user already had it from the old one."""
+    u, old = joined(0)
+    u.on_message(old, msg(1), 0)
+    new = ConnTrack(since=0)
+    u.on_message(old, msg(2), 0)
+    for s in (1, 2, 2):
+        u.on_message(new, msg(s), 0)
+    assert report_for([u], {1, 2})["duplicated"] == 1

@@ -10,6 +10,7 @@ The tests against the real chat service are in test_loadgen_stack.py.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 import sys
@@ -29,6 +30,18 @@ from tests.conftest import REPO, free_port
 
 
 @dataclass
+class ConnRecord:
+    """One connection as the peer saw it (monotonic times, peer side)."""
+
+    name: str
+    since: int | None
+    opened: float
+    history_at: float | None = None       # when the peer sent its history frame
+    closed_at: float | None = None
+    sends: list[float] = field(default_factory=list)
+
+
+@dataclass
 class Peer:
     """One room, durable in memory, exactly-once in-order fan-out through per-client queues."""
 
@@ -41,6 +54,10 @@ class Peer:
     history_cap: int = 1000               # history after `since` stops here, with more=true
     drop_half_after: int | None = None    # close every other client after N stored messages
     refuse_until: float = 0.0             # monotonic time until which handshakes get 503
+    history_delay: float = 0.0            # seconds between welcome and history (live buffered)
+    history_gate: asyncio.Event | None = None   # history waits for this too
+    close_before_history: int = 0         # close this many `since` connections after welcome
+    records: list[ConnRecord] = field(default_factory=list)
     seq: int = 0
     messages: list[dict[str, Any]] = field(default_factory=list)
     ids: dict[str, int] = field(default_factory=dict)
@@ -59,6 +76,11 @@ class Peer:
         since = int(q["since"][0]) if "since" in q else None
         out: asyncio.Queue[str | None] = asyncio.Queue()
         self.next_user += 1
+        rec = ConnRecord(name, since, time.monotonic())
+        self.records.append(rec)
+        cut = since is not None and self.close_before_history > 0
+        if cut:
+            self.close_before_history -= 1
         # welcome, history and registration with no await between: no gap, no repeat
         out.put_nowait(json.dumps({"type": "welcome", "user_id": self.next_user, "name": name,
                                    "room": room, "color": self.color, "version": "v1",
@@ -70,14 +92,17 @@ class Peer:
         elif len(hist) >= self.history_cap:
             # like the real server: the first N after since, then live from now on
             hist, more = hist[:self.history_cap], True
+        if cut:
+            out.put_nowait("__close_1012__")
         out.put_nowait(json.dumps({"type": "history", "messages": hist, "more": more}))
         if self.first is None:
             self.first = out
         self.clients.append(out)
-        writer = asyncio.create_task(self._write(ws, out))
+        writer = asyncio.create_task(self._write(ws, out, rec))
         try:
             async for raw in ws:
                 f = json.loads(raw)
+                rec.sends.append(time.monotonic())
                 cid = f["client_id"]
                 if self.unavailable_first_try and cid not in self.tried:
                     self.tried.add(cid)
@@ -98,6 +123,7 @@ class Peer:
                 if self.seq >= 10:
                     self.ten_stored.set()
         finally:
+            rec.closed_at = time.monotonic()
             self.clients.remove(out)
             out.put_nowait(None)
             await writer
@@ -143,14 +169,24 @@ class Peer:
             for c in self.clients[::2]:
                 c.put_nowait("__close_1012__")
 
-    async def _write(self, ws: ServerConnection, out: asyncio.Queue[str | None]) -> None:
+    async def _write(self, ws: ServerConnection, out: asyncio.Queue[str | None],
+                     rec: ConnRecord) -> None:
         while (frame := await out.get()) is not None:
             if frame == "__close_1012__":
                 await ws.close(1012, "going away")
                 return
+            if frame.startswith('{"type": "history"'):
+                # a slow join: live frames wait in `out` behind the history, like the server
+                if self.history_delay:
+                    await asyncio.sleep(self.history_delay)
+                if self.history_gate is not None:
+                    await self.history_gate.wait()
+                rec.history_at = time.monotonic()
             try:
                 await ws.send(frame)
             except Exception:
+                if frame.startswith('{"type": "history"'):
+                    rec.history_at = None     # it never went out: closed meanwhile
                 return
 
 
@@ -177,6 +213,8 @@ async def test_clean_peer_gives_a_clean_report() -> None:
     assert r["expected_deliveries"] == 6 * r["acked"] == r["delivered"]
     assert r["lost"] == r["duplicated"] == r["out_of_order"] == r["unexpected_closes"] == 0
     assert r["connections_by_color"] == {"blue": 6}
+    assert r["drain_complete"] is True and r["drain_s"] is not None
+    assert r["closed_before_history"] == r["history_timeouts"] == 0
     assert exit_code(r) == 0
 
 
@@ -280,3 +318,79 @@ async def test_cli_runs_until_sigterm_then_drains_and_reports(tmp_path: Path) ->
     assert report["lost"] == 0 and report["connected"] == 4
     assert "LOST" in stdout.decode()
     assert "[loadgen +" in stdout.decode() and "live 4/4 (blue=4)" in stdout.decode()
+
+
+def assert_switched_only_after_history(peer: Peer) -> None:
+    """Per user, from the peer's side: nothing was sent on a connection before its history
+    went out, a replaced connection was closed only after its successor's history went
+    out, and no connection was opened while an earlier one still waited for its history."""
+    by_user: dict[str, list[ConnRecord]] = {}
+    for rec in peer.records:
+        by_user.setdefault(rec.name, []).append(rec)
+    for name, recs in by_user.items():
+        recs.sort(key=lambda r: r.opened)
+        for i, rec in enumerate(recs):
+            if rec.sends:
+                assert rec.history_at is not None and min(rec.sends) > rec.history_at, name
+            for earlier in recs[:i]:
+                if earlier.history_at is not None:
+                    assert rec.opened > earlier.history_at, (name, i)
+        with_history = [r for r in recs if r.history_at is not None]
+        for old, new in itertools.pairwise(with_history):
+            assert old.closed_at is not None and new.history_at is not None
+            assert old.closed_at > new.history_at, name
+
+
+async def test_a_user_counts_as_connected_only_once_its_history_arrived() -> None:
+    gate = asyncio.Event()
+    peer = Peer(history_gate=gate)
+    holder: list[Any] = []
+    async with running(peer) as url:
+        task = asyncio.create_task(run_loadgen(cfg(url), on_start=holder.append))
+        await asyncio.sleep(0)
+        lg = holder[0]
+        for _ in range(500):                      # every user has its welcome, no history
+            if lg.stats.handshakes == 6:
+                break
+            await asyncio.sleep(0.02)
+        assert lg.stats.handshakes == 6
+        assert lg.stats.connected_users == 0 and lg.stats.sent == 0
+        assert all(u.conn is None and u.candidate is not None for u in lg.users)
+        assert sum(lg._live().values()) == 0
+        assert "awaiting history 6" in lg.status_line()
+        gate.set()
+        r = await asyncio.wait_for(task, 30)
+    assert r["connected"] == 6 and r["sent"] > 0 and r["acked"] == r["sent"]
+    assert r["history_wait_ms"]["p50"] is not None
+    assert r["lost"] == r["duplicated"] == r["out_of_order"] == 0 and exit_code(r) == 0
+    assert_switched_only_after_history(peer)
+
+
+async def test_churn_keeps_the_old_connection_until_the_new_history_arrived() -> None:
+    """Joins slower than the churn interval: the old connection carries the sends and
+    keeps receiving (its copies overlap the new history), the next churn waits."""
+    peer = Peer(history_delay=0.6)
+    async with running(peer) as url:
+        r = await run_loadgen(cfg(url, churn=0.3, duration=3.0))
+    assert r["churns"] >= 6 and r["unexpected_closes"] == 0
+    # + at most one candidate per user still waiting for its history at the end (closed)
+    assert 6 + r["churns"] <= r["handshakes"] <= 12 + r["churns"]
+    assert r["history_wait_ms"]["p50"] >= 590       # the peer's delay, as measured
+    assert r["overlap_dropped"] > 0                  # the old one kept delivering meanwhile
+    assert r["acked"] == r["sent"] > 0
+    assert r["lost"] == r["duplicated"] == r["out_of_order"] == 0 and exit_code(r) == 0
+    assert_switched_only_after_history(peer)
+
+
+async def test_a_migration_whose_new_connection_closes_before_its_history_is_retried(
+) -> None:
+    peer = Peer(migrate_after=10, history_delay=0.2, close_before_history=3)
+    async with running(peer) as url:
+        r = await run_loadgen(cfg(url, duration=2.5))
+    assert r["closed_before_history"] == 3 and r["history_timeouts"] == 0
+    assert r["migrations"] == 6 and r["unexpected_closes"] == 0
+    assert r["handshakes"] == 6 + 6 + 3
+    assert r["connections_by_color"] == {"green": 6}
+    assert r["acked"] == r["sent"] > 0
+    assert r["lost"] == r["duplicated"] == r["out_of_order"] == 0 and exit_code(r) == 0
+    assert_switched_only_after_history(peer)
