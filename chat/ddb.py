@@ -46,6 +46,7 @@ from typing import Any, NamedTuple, Protocol
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -194,6 +195,7 @@ class DynamoDB:
         self._host = parts.netloc.rsplit("@", 1)[-1]
         self.region = region
         self.credentials = credentials
+        self._static: Any = None  # the frozen credentials, when they are not refreshable
         self.signer = SigV4Signer(region)
         self.max_attempts = max(1, max_attempts)
         self.backoff_base = backoff_base
@@ -251,10 +253,15 @@ class DynamoDB:
         return await self.call("Query", params)
 
     async def _frozen(self) -> Any:
+        if self._static is not None:
+            return self._static
         if self.credentials is None:
             raise NoCredentialsError()
         try:
-            return await self.credentials.get_frozen_credentials()
+            frozen = await self.credentials.get_frozen_credentials()
+            if not isinstance(self.credentials, RefreshableCredentials):
+                self._static = frozen  # they never change: no call per request
+            return frozen
         except BotoCoreError:
             raise
         except Exception as e:  # a failed mandatory refresh (botocore lets anything out)

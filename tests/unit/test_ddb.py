@@ -277,24 +277,27 @@ async def test_calls_reuse_one_keep_alive_connection(fake: Fake) -> None:
 async def test_refreshable_credentials_are_refreshed_before_they_expire(fake: Fake) -> None:
     fake.script((200, {}, {}))
     now = datetime.datetime.now(datetime.UTC)
+    # every set expires within botocore's mandatory refresh window (10 min): each call
+    # must refresh first, and sign with what the refresh returned
+    expiring = (now + datetime.timedelta(minutes=5)).isoformat()
     refreshed: list[int] = []
 
     async def refresh() -> dict[str, str]:
         refreshed.append(1)
-        return {"access_key": "AKIDNEW", "secret_key": "s2", "token": "t2",
-                "expiry_time": (now + datetime.timedelta(hours=1)).isoformat()}
+        n = len(refreshed)
+        return {"access_key": f"AKIDNEW{n}", "secret_key": f"s{n}", "token": f"t{n}",
+                "expiry_time": expiring}
 
-    expiring = (now + datetime.timedelta(minutes=5)).isoformat()  # inside the mandatory window
     creds = AioRefreshableCredentials.create_from_metadata(
-        {"access_key": "AKIDOLD", "secret_key": "s1", "token": "t1", "expiry_time": expiring},
+        {"access_key": "AKIDOLD", "secret_key": "s0", "token": "t0", "expiry_time": expiring},
         refresh_using=refresh, method="test")
     async with client(fake.url, credentials=creds) as ddb:
         await ddb.get_item(TableName="t", Key={})
         await ddb.get_item(TableName="t", Key={})
-    assert refreshed == [1]
-    for headers, _, _ in fake.seen:
-        assert "Credential=AKIDNEW/" in headers["Authorization"]
-        assert headers["X-Amz-Security-Token"] == "t2"
+    assert len(refreshed) == 2
+    for n, (headers, _, _) in enumerate(fake.seen, start=1):
+        assert f"Credential=AKIDNEW{n}/" in headers["Authorization"]
+        assert headers["X-Amz-Security-Token"] == f"t{n}"
 
 
 async def test_no_credentials_is_a_botocore_error(fake: Fake) -> None:
@@ -309,3 +312,26 @@ def test_endpoint_must_be_http() -> None:
     bad: Callable[[], DynamoDB] = lambda: client("dynamodb.example")  # noqa: E731
     with pytest.raises(ValueError):
         bad()
+
+
+async def test_the_store_signs_with_the_credentials_of_botocores_chain(
+        fake: Fake, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chat.config import Config
+    from chat.store import MessageStore
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDCHAIN")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "chain-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "chain-token")
+    fake.script((200, {"Item": {"n": {"N": "4"}}}, {}))
+    store = MessageStore(Config(dynamodb_endpoint=fake.url, aws_region="eu-west-1"))
+    await store.start()
+    try:
+        assert isinstance(store.client, DynamoDB)
+        assert await store.latest_seq("r") == 4
+    finally:
+        await store.close()
+    headers, body, _ = fake.seen[0]
+    assert "Credential=AKIDCHAIN/" in headers["Authorization"]
+    assert "/eu-west-1/dynamodb/aws4_request" in headers["Authorization"]
+    assert headers["X-Amz-Security-Token"] == "chain-token"
+    assert json.loads(body)["Key"] == {"name": {"S": "room#r"}}

@@ -1,0 +1,253 @@
+"""Store latency and CPU per send, per DynamoDB client (issue #6).
+
+Starts a moto server on a free 127.0.0.1 port and times `MessageStore.append` (a send's
+three DynamoDB calls) through each client of CHAT_DYNAMODB_CLIENT: N sequential appends,
+then N with C in flight. Prints p50/p99 latency per append and this process's CPU per append
+(user+system; the emulator runs in its own process, its CPU is reported apart). Rounds
+alternate the clients, so a change in the machine's load hits both alike.
+
+    .venv/bin/python bench/store_bench.py                  # 3 rounds, N=300, C=20
+    .venv/bin/python bench/store_bench.py -n 500 -c 50 --rounds 5 --json out.json
+
+`--keepalive` serves moto's WSGI app from a small threaded HTTP/1.1 keep-alive server (this
+script in a child process) instead of moto_server, whose werkzeug server closes every
+connection (real DynamoDB keeps them open): that shows the connection pool's share. Without
+it, both clients open a TCP connection per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from chat.config import Config  # noqa: E402
+from chat.store import MessageStore  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def proc_cpu(pid: int) -> float:
+    """utime + stime of a process, in seconds (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def serve_keepalive(port: int) -> None:
+    """moto's WSGI app on a threaded HTTP/1.1 server that keeps connections open."""
+    from moto.server import DomainDispatcherApplication, create_backend_app
+
+    app = DomainDispatcherApplication(create_backend_app)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.do_POST()
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            environ = {
+                "REQUEST_METHOD": self.command, "PATH_INFO": self.path.split("?")[0],
+                "QUERY_STRING": self.path.partition("?")[2], "SERVER_NAME": "127.0.0.1",
+                "SERVER_PORT": str(port), "SERVER_PROTOCOL": "HTTP/1.1",
+                "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
+                "wsgi.url_scheme": "http", "wsgi.version": (1, 0), "wsgi.multithread": True,
+                "wsgi.multiprocess": False, "wsgi.run_once": False,
+                "CONTENT_LENGTH": str(len(body)),
+                "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+            }
+            for k, v in self.headers.items():
+                environ["HTTP_" + k.upper().replace("-", "_")] = v
+            status: list[Any] = []
+
+            def start_response(s: str, headers: list[tuple[str, str]], *_: Any) -> None:
+                status[:] = [s, headers]
+
+            out = b"".join(app(environ, start_response))
+            self.send_response(int(status[0].split()[0]))
+            for k, v in status[1]:
+                if k.lower() not in ("content-length", "connection"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    ThreadingHTTPServer.request_queue_size = 256  # 5 by default: SYNs dropped, 1 s stalls
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    server.serve_forever()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def worker(one: Any, count: int, into: list[float]) -> None:
+    for _ in range(count):
+        into.append(await one("conc"))
+
+
+async def run_one(endpoint: str, client: str, n: int, concurrency: int,
+                  emulator_pid: int) -> dict[str, Any]:
+    suffix = uuid.uuid4().hex[:6]
+    cfg = Config(dynamodb_endpoint=endpoint, table_messages=f"m-{suffix}",
+                 table_connections=f"c-{suffix}", table_user_counter=f"u-{suffix}",
+                 dynamodb_client=client)
+    store = MessageStore(cfg)
+    await store.start()
+    await store.init_tables()
+    counter = 0
+
+    async def one(room: str) -> float:
+        nonlocal counter
+        counter += 1
+        t = time.perf_counter()
+        await store.append(room=room, user_id=1, name="bench", text="hello " * 8,
+                           client_id=f"b{counter}", color="blue")
+        return time.perf_counter() - t
+
+    for _ in range(20):  # warm-up: imports, models, the first connections
+        await one("warm")
+    result: dict[str, Any] = {"client": client}
+    for mode in ("sequential", "concurrent"):
+        lat: list[float] = []
+        cpu0 = time.process_time()
+        emu0 = proc_cpu(emulator_pid)
+        wall0 = time.perf_counter()
+        if mode == "sequential":
+            for _ in range(n):
+                lat.append(await one("seq"))
+        else:
+            per = n // concurrency
+
+            await asyncio.gather(*(worker(one, per, lat) for _ in range(concurrency)))
+        wall = time.perf_counter() - wall0
+        cpu = time.process_time() - cpu0
+        emu = proc_cpu(emulator_pid) - emu0
+        count = len(lat)
+        result[mode] = {
+            "appends": count, "p50_ms": pct(lat, 0.50) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3,
+            "mean_ms": statistics.fmean(lat) * 1e3, "appends_per_s": count / wall,
+            "cpu_us_per_append": cpu / count * 1e6,
+            "emulator_cpu_us_per_append": emu / count * 1e6,
+        }
+    await store.close()
+    return result
+
+
+async def rounds(args: argparse.Namespace, endpoint: str, emulator_pid: int
+                 ) -> list[dict[str, Any]]:
+    results = []
+    for r in range(args.rounds):
+        order = args.clients if r % 2 == 0 else list(reversed(args.clients))
+        for client in order:
+            res = await run_one(endpoint, client, args.n, args.concurrency, emulator_pid)
+            res["round"] = r + 1
+            results.append(res)
+            print_row(res)
+    return results
+
+
+def print_row(res: dict[str, Any]) -> None:
+    for mode in ("sequential", "concurrent"):
+        m = res[mode]
+        print(f"round {res['round']} {res['client']:8s} {mode:10s} n={m['appends']:4d} "
+              f"p50 {m['p50_ms']:7.2f} ms  p99 {m['p99_ms']:7.2f} ms  "
+              f"{m['appends_per_s']:7.1f}/s  cpu {m['cpu_us_per_append']:7.0f} us/append  "
+              f"(emulator {m['emulator_cpu_us_per_append']:6.0f} us)", flush=True)
+
+
+def summary(results: list[dict[str, Any]], clients: list[str]) -> None:
+    print("\nmedian over rounds:")
+    for mode in ("sequential", "concurrent"):
+        for client in clients:
+            rows = [r[mode] for r in results if r["client"] == client]
+            med = {k: statistics.median(row[k] for row in rows)
+                   for k in ("p50_ms", "p99_ms", "appends_per_s", "cpu_us_per_append",
+                             "emulator_cpu_us_per_append")}
+            print(f"  {client:8s} {mode:10s} p50 {med['p50_ms']:7.2f} ms  "
+                  f"p99 {med['p99_ms']:7.2f} ms  {med['appends_per_s']:7.1f}/s  "
+                  f"cpu {med['cpu_us_per_append']:7.0f} us/append  "
+                  f"(emulator {med['emulator_cpu_us_per_append']:6.0f} us)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-n", type=int, default=300, help="appends per mode (default 300)")
+    ap.add_argument("-c", "--concurrency", type=int, default=20,
+                    help="appends in flight in the concurrent mode (default 20)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--clients", default="ddb,botocore",
+                    help="comma list of CHAT_DYNAMODB_CLIENT values (default ddb,botocore)")
+    ap.add_argument("--keepalive", action="store_true",
+                    help="serve moto from a keep-alive HTTP/1.1 server (a child process)")
+    ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--json", help="write the rows to this file")
+    args = ap.parse_args()
+    if args.serve:
+        serve_keepalive(args.serve)
+        return
+    args.clients = [c.strip() for c in args.clients.split(",") if c.strip()]
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "ap-northeast-2")
+    print(f"store_bench: n={args.n} concurrency={args.concurrency} rounds={args.rounds} "
+          f"keepalive={args.keepalive} loadavg={os.getloadavg()[0]:.1f} "
+          f"cpus={os.cpu_count()}", flush=True)
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    argv = ([sys.executable, __file__, "--serve", str(port)] if args.keepalive else
+            [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)])
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"{endpoint}/moto-api/")
+        results = asyncio.run(rounds(args, endpoint, proc.pid))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    summary(results, args.clients)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
