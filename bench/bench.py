@@ -498,7 +498,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default="", help="also write every raw report to this file")
     ap.add_argument("--from-json", default="", help="render the table from a --json file of "
                     "an earlier sitting instead of running one")
+    ap.add_argument("--systems", default=f"{OURS},{PEER_NAME}",
+                    help=f"comma list of systems to run (default {OURS},{PEER_NAME}); one "
+                         "system alone is for development, its table has no ratios")
     args = ap.parse_args(argv)
+    systems = [s for s in (OURS, PEER_NAME) if s in args.systems.split(",")]
+    if not systems:
+        ap.error(f"--systems: choose from {OURS}, {PEER_NAME}")
+    if len(systems) < 2:
+        args.no_write = True  # docs/benchmarks.md only ever holds side-by-side sittings
     rounds = args.rounds or (1 if args.quick else 2)
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
@@ -511,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         with sitting_up() as sitting:
             for rnd in range(1, rounds + 1):
-                for system in (OURS, PEER_NAME):
+                for system in systems:
                     results.append(run_round(sitting, system, args.quick, rnd))
         meta["wall_s"] = round(time.monotonic() - t0)
         if args.json:

@@ -33,9 +33,10 @@ import codecs
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from sanic.server.protocols import websocket_protocol
+from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.exceptions import ConnectionClosedError
 from websockets.frames import Opcode
@@ -96,6 +97,7 @@ class LeanWebsocket(WebsocketImplProtocol):
         self.ping_sent = 0.0  # when the Pinger last pinged it
         self.reading_paused = False
         self.waiter: asyncio.Future[None] | None = None  # recv() waiting for a message
+        self.gone: asyncio.Future[None] | None = None  # wait_closed(): the TCP connection ended
 
     # --- lifecycle ---
 
@@ -115,11 +117,17 @@ class LeanWebsocket(WebsocketImplProtocol):
         LeanWebsocket.live.discard(self)
         super().connection_lost(exc)
         self._wake()
+        if self.gone is not None and not self.gone.done():
+            self.gone.set_result(None)
 
     async def wait_closed(self) -> None:
-        """Until the TCP connection is gone (cancelling the caller leaves it alone)."""
-        if self.connection_lost_waiter is not None:
-            await asyncio.shield(self.connection_lost_waiter)
+        """Until the TCP connection is gone (one future of its own: no shield per call)."""
+        if self.connection_lost_waiter is None or self.connection_lost_waiter.done():
+            return
+        if self.gone is None and self.loop is not None:
+            self.gone = self.loop.create_future()
+        if self.gone is not None:
+            await self.gone
 
     # --- receiving ---
 
@@ -297,6 +305,41 @@ class Pinger:
                 self.sweep(loop.time())
             except Exception:
                 log.exception("ws_pinger_error", extra={"event": "ws_pinger_error"})
+
+
+class LazyEvent(asyncio.Event):
+    """An asyncio.Event whose waiter deque (~600 bytes) exists only once someone waits.
+
+    Sanic gives every connection two Events (`_can_write`, `_data_received`) that an idle
+    WebSocket never waits on."""
+
+    def __init__(self) -> None:  # not calling super(): it allocates the deque
+        self._waiters: deque[asyncio.Future[bool]] | None = None  # type: ignore[assignment]
+        self._value = False
+
+    async def wait(self) -> Literal[True]:
+        if self._value:
+            return True
+        if self._waiters is None:
+            self._waiters = deque()
+        return await super().wait()
+
+    def set(self) -> None:
+        if not self._value:
+            self._value = True
+            for fut in self._waiters or ():
+                if not fut.done():
+                    fut.set_result(True)
+
+
+class LeanWebSocketProtocol(WebSocketProtocol):
+    """Sanic's HTTP/WebSocket protocol with lazily allocated Events (see LazyEvent)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._can_write = LazyEvent()
+        self._can_write.set()
+        self._data_received = LazyEvent()
 
 
 def install() -> None:
