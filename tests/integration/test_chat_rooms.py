@@ -290,3 +290,69 @@ async def test_a_client_id_whose_first_write_failed_can_be_sent_again(store):
     resend = await store.append(room=room, user_id=1, name="n", text="x", client_id="retry",
                                  color="blue")
     assert resend.duplicate and resend.seq == again.seq
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class FakeIoWs(FakeWs):
+    """A WebSocket with Sanic's shape: frames go straight to io_proto.transport."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from websockets.protocol import State
+
+        can_write = asyncio.Event()
+        can_write.set()
+        self.io_proto = type("Io", (), {})()
+        self.io_proto.transport = FakeTransport()
+        self.io_proto._can_write = can_write
+        self.ws_proto = type("P", (), {"state": State.OPEN})()
+
+
+def wire_seqs(data: bytes) -> list[int]:
+    """The seqs of the message frames in `data` (server frames: unmasked, 7/16-bit length)."""
+    out, i = [], 0
+    while i < len(data):
+        n = data[i + 1] & 0x7F
+        i += 2
+        if n == 126:
+            n = int.from_bytes(data[i:i + 2], "big")
+            i += 2
+        frame = json.loads(data[i:i + n])
+        i += n
+        if frame["type"] == "message":
+            out.append(frame["seq"])
+    return out
+
+
+async def test_messages_due_in_one_loop_turn_reach_each_client_in_one_write(store):
+    rooms = make_rooms(store)
+    room = "b-" + uuid.uuid4().hex[:8]
+    ws = FakeIoWs()
+    late = FakeIoWs()
+    _, r = await add_client(rooms, room, ws)
+    msgs = [await store_message(store, room, f"m{i}") for i in range(5)]
+    # a second client whose history covered the first two of them
+    c2 = Client(late, user_id=2, name="l", room=room, queue_size=100, metrics=rooms.metrics)
+    rooms.join(c2)
+    r.go_live(c2, msgs[1][0])
+    before = len(ws.io_proto.transport.writes)
+    for m in reversed(msgs):  # all due in this turn once the first arrives
+        r.offer(*m)
+    assert ws.io_proto.transport.writes[before:] == []  # nothing written mid-turn
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    writes = ws.io_proto.transport.writes[before:]
+    assert len(writes) == 1, writes
+    assert wire_seqs(writes[0]) == [m[0] for m in msgs]
+    assert [s for w in late.io_proto.transport.writes for s in wire_seqs(w)] == \
+        [m[0] for m in msgs[2:]]
