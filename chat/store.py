@@ -65,6 +65,21 @@ def item_to_message(item: dict[str, Any]) -> dict[str, Any] | None:
                          color=item["color"]["S"])
 
 
+def _status_of(item: dict[str, Any] | None, client_id: str) -> str:
+    """'stored' when the item is client_id's message; 'void' when it is void or another
+    client_id's message (the number can never hold this one: a duplicate ack must name the
+    sender's own message); 'missing' when there is no item.
+
+    Two senders holding one number cannot happen with DynamoDB's atomic ADD, but does with
+    the emulator: moto's UpdateItem is a read-modify-write without a lock, and two first
+    ADDs on a new counter can both answer 1."""
+    if item is None:
+        return "missing"
+    if "void" in item:
+        return "void"
+    return "stored" if item.get("client_id", {}).get("S") == client_id else "void"
+
+
 class MessageStore:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -186,12 +201,11 @@ class MessageStore:
         except (TimeoutError, BotoCoreError, OSError) as e:
             raise StoreUnavailable(f"put_item: {e}") from e
 
-    async def _status(self, room: str, seq: int) -> str:
-        """'stored', 'void' or 'missing' for one sequence number."""
+    async def _status(self, room: str, seq: int, client_id: str) -> str:
+        """'stored', 'void' or 'missing' for one sequence number, from `client_id`'s view."""
         r = await self._call("get_item", TableName=self.messages, ConsistentRead=True,
                              Key={"room": {"S": room}, "seq": {"N": str(seq)}})
-        item = r.get("Item")
-        return "missing" if item is None else "void" if "void" in item else "stored"
+        return _status_of(r.get("Item"), client_id)
 
     async def append(self, *, room: str, user_id: int, name: str, text: str, client_id: str,
                      color: str) -> Appended:
@@ -234,12 +248,12 @@ class MessageStore:
                     replaces = None
                     break
                 first, claimed_at = held
-                status = await self._status(room, first)
+                status = await self._status(room, first, client_id)
                 if status == "stored":
                     return Appended(first, 0, True, None)
                 if status == "missing" and _now_ms() - claimed_at > STALE_CLAIM_MS:
                     # the first attempt may still land: fence its number before taking over
-                    if await self.fence(room, first) is not None:
+                    if _status_of(await self._fence(room, first), client_id) == "stored":
                         return Appended(first, 0, True, None)
                     status = "void"
                 if status == "void":
@@ -272,6 +286,11 @@ class MessageStore:
         `unavailable` (the retry gets a new number): no send is ever acknowledged under a
         number that a room skipped. Raises StoreUnavailable when DynamoDB cannot say.
         """
+        item = await self._fence(room, seq)
+        return item_to_message(item) if item else None
+
+    async def _fence(self, room: str, seq: int) -> dict[str, Any] | None:
+        """fence() as the raw item: None when this call voided the number."""
         try:
             await self.client.put_item(
                 TableName=self.messages,
@@ -286,8 +305,8 @@ class MessageStore:
             raise StoreUnavailable(f"put_item: {e}") from e
         r = await self._call("get_item", TableName=self.messages, ConsistentRead=True,
                              Key={"room": {"S": room}, "seq": {"N": str(seq)}})
-        item = r.get("Item")
-        return item_to_message(item) if item else None
+        item: dict[str, Any] | None = r.get("Item")
+        return item
 
     async def _void(self, room: str, seq: int) -> None:
         """Mark a number whose message will never exist (best effort)."""

@@ -95,3 +95,24 @@ async def test_nothing_listening_is_store_unavailable(client: str) -> None:
         assert not s.answered_recently(5.0)
     finally:
         await s.close()
+
+
+async def test_a_resend_is_never_acked_with_another_senders_message(
+        store: MessageStore) -> None:
+    # two senders holding one number (moto's non-atomic ADD on a new counter): the first
+    # stored its message under 1; the other's claim points at 1 as well
+    owner = await store.append(room="x", user_id=1, name="a", text="mine", client_id="A",
+                               color="blue")
+    assert owner.seq == 1
+    assert await store._claim("x", "B", 1, None)
+    resent = await store.append(room="x", user_id=2, name="b", text="theirs", client_id="B",
+                                color="green")
+    assert not resent.duplicate and resent.seq > 1 and resent.frame is not None
+    items = await store.query("x", since=0, limit=10)
+    by_seq = {int(i["seq"]["N"]): i.get("client_id", {}).get("S") for i in items
+              if "void" not in i}
+    assert by_seq == {1: "A", resent.seq: "B"}
+    # and B's record now names its own message: a further resend is its duplicate
+    again = await store.append(room="x", user_id=2, name="b", text="theirs", client_id="B",
+                               color="green")
+    assert again.duplicate and again.seq == resent.seq
