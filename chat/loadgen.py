@@ -692,6 +692,7 @@ class LoadGen:
         self.sending_s = 0.0
         self.drain_s: float | None = None      # how long the drain took (None: not reached)
         self.drain_complete = False
+        self.awaiting_at_end: int | None = None  # candidates waiting for history then
         self.all_joined = asyncio.Event()      # every user connected once
         self._bg: set[asyncio.Task[None]] = set()
         self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -799,6 +800,7 @@ class LoadGen:
             self.drain_complete = self._complete()
             self.drain_s = time.monotonic() - drain_from
             held, live = self._held(), self._live()
+            self.awaiting_at_end = self._awaiting_history()
         finally:
             self.closing = True
             self.closing_event.set()
@@ -875,6 +877,8 @@ class LoadGen:
             "rate": self.cfg.rate, "duration_s": round(self.sending_s, 2),
             "drain_s": None if self.drain_s is None else round(self.drain_s, 2),
             "drain_complete": self.drain_complete,
+            "awaiting_history_at_end": (self._awaiting_history() if self.awaiting_at_end is None
+                                        else self.awaiting_at_end),
             "connected": st.connected_users,
             "held_to_delivery": len(held),
             "disconnected_at_end": sum(1 for u in self.users if u.ever_connected) - len(held),

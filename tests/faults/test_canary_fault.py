@@ -90,7 +90,10 @@ async def test_bad_green_trips_the_gate_rolls_back_and_drains_to_blue_with_zero_
                 migrations=r["migrations"], loadgen_drain_s=r["drain_s"],
                 history_wait_ms=r["history_wait_ms"],
                 closed_before_history=r["closed_before_history"],
-                history_timeouts=r["history_timeouts"])
+                history_timeouts=r["history_timeouts"],
+                awaiting_history_at_end=r["awaiting_history_at_end"],
+                failed_handshakes=r["failed_handshakes_by_reason"],
+                unsent_at_stop=r["unsent_at_stop"])
     assert res.get("failed") is True and res.get("rolled_back") is True, res
     assert "error_rate" in res["msg"] and "previous weights restored" in res["msg"]
     assert weights_after_trip == {"blue": 90, "green": 10}

@@ -361,7 +361,7 @@ async def test_a_user_counts_as_connected_only_once_its_history_arrived() -> Non
         gate.set()
         r = await asyncio.wait_for(task, 30)
     assert r["connected"] == 6 and r["sent"] > 0 and r["acked"] == r["sent"]
-    assert r["history_wait_ms"]["p50"] is not None
+    assert r["history_wait_ms"]["p50"] is not None and r["awaiting_history_at_end"] == 0
     assert r["lost"] == r["duplicated"] == r["out_of_order"] == 0 and exit_code(r) == 0
     assert_switched_only_after_history(peer)
 
