@@ -480,10 +480,13 @@ async def serve_client(app: Sanic, request: Request, ws: Any) -> None:
             await client.close(protocol.CLOSE_TRY_LATER, "storage unavailable")
             return
         client.offer(protocol.history_frame(history, more))
+        n_history = len(history)
+        # This frame lives as long as the connection: do not keep up to 1,000 messages in it.
+        del history
         room.go_live(client, last)
         live = True
         log.info("ws_open", extra={"event": "ws_open", "user_id": user_id, "room": join.room,
-                                   "since": join.since, "history": len(history)})
+                                   "since": join.since, "history": n_history})
         _spawn(_announce(bus, client))  # Redis may be slow or down: never hold the join
         try:
             connection_id = await store.add_connection(
