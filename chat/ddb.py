@@ -320,7 +320,7 @@ class DynamoDB:
             else:
                 if status == 200:
                     crc = resp_headers.get("x-amz-crc32")
-                    if crc is not None and zlib.crc32(body) != int(crc):
+                    if crc is not None and str(zlib.crc32(body)) != crc.strip():
                         failure = ChecksumMismatch(operation=op)
                     else:
                         try:
