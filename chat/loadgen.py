@@ -167,7 +167,8 @@ class UserTrack:
             self.last_seq = max(self.last_seq, self.join_seq)
 
     def on_message(self, conn: ConnTrack, frame: dict[str, Any], now_ms: float,
-                   latency: LatencyHistogram | None = None) -> bool:
+                   latency: LatencyHistogram | None = None,
+                   via: LatencyHistogram | None = None) -> bool:
         """Account one ``message`` (live or from ``history``); True if it is new to the user."""
         seq = int(frame["seq"])
         if seq <= conn.last_seq:
@@ -190,6 +191,8 @@ class UserTrack:
             self.delivered += 1
             if latency is not None and isinstance(frame.get("ts"), int | float):
                 latency.add(now_ms - float(frame["ts"]))
+                if via is not None:       # the same sample, by how it arrived
+                    via.add(now_ms - float(frame["ts"]))
         return True
 
     def missing(self, acked: Iterable[int]) -> int:
@@ -474,13 +477,13 @@ class SimUser:
                 f = json.loads(raw)
                 t = f.get("type")
                 if t == "message":
-                    user.on_message(track, f, time.time() * 1000, lat)
+                    user.on_message(track, f, time.time() * 1000, lat, self.lg.latency_live)
                 elif t == "history":
                     now = time.time() * 1000
                     hist = f.get("messages") or []
                     self.fail_streak = 0      # this connection works: backoff starts over
                     for m in hist:
-                        user.on_message(track, m, now, lat)
+                        user.on_message(track, m, now, lat, self.lg.latency_recovered)
                     if f.get("more") and hist:
                         # history stops at 1,000 messages and live frames start later:
                         # the ones between come from the HTTP API, like the web client
@@ -522,7 +525,7 @@ class SimUser:
             msgs = body.get("messages", []) if isinstance(body, dict) else body
             now = time.time() * 1000
             for m in msgs:
-                self.track.on_message(track, m, now, self.lg.latency)
+                self.track.on_message(track, m, now, self.lg.latency, self.lg.latency_recovered)
             if len(msgs) < HTTP_PAGE:
                 return
             since = int(msgs[-1]["seq"])
@@ -683,6 +686,8 @@ class LoadGen:
         self.stats = Stats()
         self.latency = LatencyHistogram()
         self.ack_latency = LatencyHistogram()
+        self.latency_live = LatencyHistogram()       # first receipts in live frames
+        self.latency_recovered = LatencyHistogram()  # ... in a history or an HTTP page
         self.history_wait = LatencyHistogram()   # welcome -> history of each connection
         self.acked: dict[str, set[int]] = {r: set() for r in self.rooms}
         self.stop_event = asyncio.Event()      # stop sending
@@ -897,6 +902,10 @@ class LoadGen:
             **totals,
             "latency_ms": {**lat, "basis": "receive wall clock - message ts (server clock)"},
             "ack_latency_ms": {**ack, "basis": "local clock, first send to ack"},
+            "latency_by_path_ms": {
+                "live": {**self.latency_live.summary(), "n": self.latency_live.n},
+                "history_or_http": {**self.latency_recovered.summary(),
+                                    "n": self.latency_recovered.n}},
             "history_wait_ms": {**self.history_wait.summary(),
                                 "basis": "local clock, welcome to history, per connection"},
             "errors": dict(st.errors),

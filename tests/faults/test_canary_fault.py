@@ -89,6 +89,7 @@ async def test_bad_green_trips_the_gate_rolls_back_and_drains_to_blue_with_zero_
                 on_green_before_drain=r["new_connections_by_color"].get("green", 0),
                 migrations=r["migrations"], loadgen_drain_s=r["drain_s"],
                 history_wait_ms=r["history_wait_ms"],
+                latency_by_path_ms=r["latency_by_path_ms"],
                 closed_before_history=r["closed_before_history"],
                 history_timeouts=r["history_timeouts"],
                 awaiting_history_at_end=r["awaiting_history_at_end"],

@@ -377,6 +377,8 @@ async def test_churn_keeps_the_old_connection_until_the_new_history_arrived() ->
     assert 6 + r["churns"] <= r["handshakes"] <= 12 + r["churns"]
     assert r["history_wait_ms"]["p50"] >= 590       # the peer's delay, as measured
     assert r["overlap_dropped"] > 0                  # the old one kept delivering meanwhile
+    by_path = r["latency_by_path_ms"]
+    assert by_path["live"]["n"] + by_path["history_or_http"]["n"] == r["delivered"]
     assert r["acked"] == r["sent"] > 0
     assert r["lost"] == r["duplicated"] == r["out_of_order"] == 0 and exit_code(r) == 0
     assert_switched_only_after_history(peer)
