@@ -232,6 +232,8 @@ def create_app(config: Config) -> Sanic:
         pinger.stop()
         for t in background:
             t.cancel()
+        if _background:  # the last connections' cleanups still need Redis and DynamoDB
+            await asyncio.wait(list(_background), timeout=STOP_CLEANUP_SECONDS)
         await bus.close()
         await store.close()
         log.info("server_stop", extra={"event": "server_stop"})
@@ -532,6 +534,7 @@ async def _cleanup(bus: RoomBus, store: MessageStore, room: str | None,
             await store.remove_connection(connection_id)
 
 
+STOP_CLEANUP_SECONDS = 3.0  # at shutdown, how long closed connections' cleanups may take
 SENDS_WAITING_MAX = 32  # sends of one connection waiting for storage; more: `unavailable`
 SENDS_DRAIN_SECONDS = 10.0  # after the peer left, how long its last sends may still take
 

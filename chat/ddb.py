@@ -299,8 +299,11 @@ class DynamoDB:
     async def call(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
         """One DynamoDB operation with retries; the parsed JSON answer."""
         session = self._session
-        if session is None:
-            raise RuntimeError("DynamoDB.start() was not awaited")
+        if session is None or session.closed:
+            # never started, or closed while the server stops: a call that cannot be made,
+            # which the store reports as unavailable (not a bare RuntimeError in a task)
+            raise EndpointConnectionError(endpoint_url=self.endpoint_url,
+                                          error="the DynamoDB client is closed")
         payload = json.dumps(params, separators=(",", ":")).encode()
         attempt = 0
         while True:

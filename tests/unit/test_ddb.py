@@ -265,6 +265,16 @@ async def test_nothing_listening_is_an_endpoint_connection_error() -> None:
         assert ddb.calls == 2
 
 
+async def test_a_call_after_close_is_a_botocore_connection_error(fake: Fake) -> None:
+    # connection cleanups still running while the server stops used to raise aiohttp's
+    # RuntimeError('Session is closed'), which the store did not take for "unavailable"
+    c = client(fake.url)
+    await c.start()
+    await c.close()
+    with pytest.raises(EndpointConnectionError):
+        await c.get_item(TableName="t", Key={"k": {"S": "x"}})
+
+
 async def test_calls_reuse_one_keep_alive_connection(fake: Fake) -> None:
     fake.script((200, {}, {}))
     async with client(fake.url) as ddb:
