@@ -269,3 +269,32 @@ def test_api_serves_the_patched_query() -> None:
                      ExpressionAttributeValues={":r": {"S": "lobby"}, ":a": {"N": "58"},
                                                 ":b": {"N": "62"}}) == [58, 59, 61, 62]
         assert ddb.describe_table(TableName="messages")["Table"]["TableId"]
+
+
+def test_a_cancelled_transaction_restores_a_consistent_index() -> None:
+    """moto rolls a cancelled TransactWriteItems back to a deepcopy of the table: the copy's
+    index must describe the copy's items."""
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="ap-northeast-2")
+        ddb.create_table(TableName="m", BillingMode="PAY_PER_REQUEST",
+                         KeySchema=[{"AttributeName": "room", "KeyType": "HASH"},
+                                    {"AttributeName": "seq", "KeyType": "RANGE"}],
+                         AttributeDefinitions=[{"AttributeName": "room", "AttributeType": "S"},
+                                               {"AttributeName": "seq", "AttributeType": "N"}])
+        for i in range(1, 6):
+            ddb.put_item(TableName="m", Item={"room": {"S": "r"}, "seq": {"N": str(i)}})
+        kw: dict[str, Any] = dict(TableName="m", KeyConditionExpression="room = :r",
+                                  ExpressionAttributeValues={":r": {"S": "r"}})
+        assert [int(i["seq"]["N"]) for i in ddb.query(**kw)["Items"]] == [1, 2, 3, 4, 5]
+        with pytest.raises(ddb.exceptions.TransactionCanceledException):
+            ddb.transact_write_items(TransactItems=[
+                {"Put": {"TableName": "m", "Item": {"room": {"S": "r"}, "seq": {"N": "9"}}}},
+                {"Delete": {"TableName": "m", "Key": {"room": {"S": "r"}, "seq": {"N": "2"}}}},
+                {"Put": {"TableName": "m", "Item": {"room": {"S": "r"}, "seq": {"N": "3"}},
+                         "ConditionExpression": "attribute_not_exists(seq)"}}])
+        assert [int(i["seq"]["N"]) for i in ddb.query(**kw)["Items"]] == [1, 2, 3, 4, 5]
+        ddb.transact_write_items(TransactItems=[
+            {"Put": {"TableName": "m", "Item": {"room": {"S": "r"}, "seq": {"N": "9"}}}},
+            {"Delete": {"TableName": "m", "Key": {"room": {"S": "r"}, "seq": {"N": "2"}}}}])
+        assert [int(i["seq"]["N"]) for i in ddb.query(**kw, ScanIndexForward=False,
+                                                      Limit=3)["Items"]] == [9, 5, 4]
