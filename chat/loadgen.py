@@ -548,6 +548,14 @@ class SimUser:
             with contextlib.suppress(Exception):
                 await old.reader
 
+    async def _drop_when_closed(self, conn: _Conn) -> None:
+        """While a replacement waits for its history: if the connection in use dies, the
+        user has none (like during a reconnect) until the replacement takes over."""
+        await conn.closed.wait()
+        if self.conn is conn and not conn.closing_by_us:
+            self.conn = None
+            self.connected.clear()
+
     async def run_connections(self) -> None:
         st = self.lg.stats
         try:
@@ -600,10 +608,13 @@ class SimUser:
             self.url_turn += 1
             # make-before-break: `conn` stays the user's connection (sends, deliveries)
             # until the new one's history has arrived; no churn timer runs meanwhile
+            watch = asyncio.create_task(self._drop_when_closed(conn))
             try:
                 new = await self._open(why)
             except _Done:
                 return
+            finally:
+                watch.cancel()
             if why == "migrate":
                 st.migrations += 1
             else:

@@ -38,6 +38,7 @@ class ConnRecord:
     opened: float
     history_at: float | None = None       # when the peer sent its history frame
     closed_at: float | None = None
+    closed_by_peer: bool = False          # the peer closed it (1012), not the client
     sends: list[float] = field(default_factory=list)
 
 
@@ -56,6 +57,7 @@ class Peer:
     refuse_until: float = 0.0             # monotonic time until which handshakes get 503
     history_delay: float = 0.0            # seconds between welcome and history (live buffered)
     history_gate: asyncio.Event | None = None   # history waits for this too
+    gate_only_since: bool = False         # ... only on connections with `since`
     close_before_history: int = 0         # close this many `since` connections after welcome
     records: list[ConnRecord] = field(default_factory=list)
     seq: int = 0
@@ -63,6 +65,7 @@ class Peer:
     ids: dict[str, int] = field(default_factory=dict)
     tried: set[str] = field(default_factory=set)
     clients: list[asyncio.Queue[str | None]] = field(default_factory=list)
+    record_of: dict[int, ConnRecord] = field(default_factory=dict)   # id(queue) -> record
     first: asyncio.Queue[str | None] | None = None
     fired: bool = False
     ten_stored: asyncio.Event = field(default_factory=asyncio.Event)
@@ -98,6 +101,7 @@ class Peer:
         if self.first is None:
             self.first = out
         self.clients.append(out)
+        self.record_of[id(out)] = rec
         writer = asyncio.create_task(self._write(ws, out, rec))
         try:
             async for raw in ws:
@@ -141,6 +145,12 @@ class Peer:
         page = [m for m in self.messages if m["seq"] > since][:limit]
         return connection.respond(200, json.dumps({"messages": page}))
 
+    def close_live(self) -> None:
+        """Close (1012) every connection whose history went out; candidates stay."""
+        for c in self.clients:
+            if self.record_of[id(c)].history_at is not None:
+                c.put_nowait("__close_1012__")
+
     def _fan_out(self, m: dict[str, Any]) -> None:
         frame = json.dumps(m)
         for c in self.clients:
@@ -173,13 +183,15 @@ class Peer:
                      rec: ConnRecord) -> None:
         while (frame := await out.get()) is not None:
             if frame == "__close_1012__":
+                rec.closed_by_peer = True
                 await ws.close(1012, "going away")
                 return
             if frame.startswith('{"type": "history"'):
                 # a slow join: live frames wait in `out` behind the history, like the server
                 if self.history_delay:
                     await asyncio.sleep(self.history_delay)
-                if self.history_gate is not None:
+                if self.history_gate is not None and (rec.since is not None
+                                                      or not self.gate_only_since):
                     await self.history_gate.wait()
                 rec.history_at = time.monotonic()
             try:
@@ -322,8 +334,9 @@ async def test_cli_runs_until_sigterm_then_drains_and_reports(tmp_path: Path) ->
 
 def assert_switched_only_after_history(peer: Peer) -> None:
     """Per user, from the peer's side: nothing was sent on a connection before its history
-    went out, a replaced connection was closed only after its successor's history went
-    out, and no connection was opened while an earlier one still waited for its history."""
+    went out, a replaced connection was closed (by the client) only after its successor's
+    history went out, and no connection was opened while an earlier one still waited for
+    its history."""
     by_user: dict[str, list[ConnRecord]] = {}
     for rec in peer.records:
         by_user.setdefault(rec.name, []).append(rec)
@@ -337,6 +350,8 @@ def assert_switched_only_after_history(peer: Peer) -> None:
                     assert rec.opened > earlier.history_at, (name, i)
         with_history = [r for r in recs if r.history_at is not None]
         for old, new in itertools.pairwise(with_history):
+            if old.closed_by_peer:
+                continue
             assert old.closed_at is not None and new.history_at is not None
             assert old.closed_at > new.history_at, name
 
@@ -393,6 +408,46 @@ async def test_a_migration_whose_new_connection_closes_before_its_history_is_ret
     assert r["migrations"] == 6 and r["unexpected_closes"] == 0
     assert r["handshakes"] == 6 + 6 + 3
     assert r["connections_by_color"] == {"green": 6}
+    assert r["acked"] == r["sent"] > 0
+    assert r["lost"] == r["duplicated"] == r["out_of_order"] == 0 and exit_code(r) == 0
+    assert_switched_only_after_history(peer)
+
+
+async def wait_for(pred: Any, what: str, within: float = 15.0) -> None:
+    for _ in range(int(within / 0.02)):
+        if pred():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_old_connection_lost_while_the_new_waits_for_history_leaves_no_connection(
+) -> None:
+    """migrate, then the old connections are closed (1012) while the new ones still wait
+    for their history: the users have no connection (not held, sends wait) until the
+    history arrives, then the new one takes over; nothing is lost or repeated."""
+    gate = asyncio.Event()
+    peer = Peer(migrate_after=10, history_gate=gate, gate_only_since=True)
+    holder: list[Any] = []
+    async with running(peer) as url:
+        task = asyncio.create_task(run_loadgen(cfg(url, duration=0), on_start=holder.append))
+        await asyncio.sleep(0)
+        lg = holder[0]
+        await wait_for(lambda: all(u.candidate is not None for u in lg.users),
+                       "every user's replacement waiting for its history")
+        assert all(u.conn is not None and u.conn.color == "blue" for u in lg.users)
+        peer.close_live()
+        await wait_for(lambda: all(u.conn is None for u in lg.users), "old ones dropped")
+        assert lg._held() == [] and sum(lg._live().values()) == 0
+        assert lg.stats.migrations == 0 and lg.stats.reconnects == 0
+        gate.set()
+        await wait_for(lambda: lg._live() == {"green": 6}, "every user on green")
+        acked = lg.stats.acked
+        await asyncio.wait_for(lg.wait_acked(acked + 6), 15)   # sends flow again
+        lg.stop()
+        r = await asyncio.wait_for(task, 30)
+    assert r["migrations"] == 6 and r["unexpected_closes"] == 6 and r["reconnects"] == 0
+    assert r["connections_by_color"] == {"green": 6} and r["held_to_delivery"] == 6
     assert r["acked"] == r["sent"] > 0
     assert r["lost"] == r["duplicated"] == r["out_of_order"] == 0 and exit_code(r) == 0
     assert_switched_only_after_history(peer)
