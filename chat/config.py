@@ -42,7 +42,9 @@ class Config:
     CHAT_SOCKET_SNDBUF [65536 bytes of kernel send buffer per WebSocket; 0: OS default],
     CHAT_LOG_LEVEL [INFO],
     CHAT_DYNAMODB_CLIENT [ddb: the hot calls through chat/ddb.py, a keep-alive JSON-protocol
-    client; `botocore`: every call through aioboto3, the path before issue #6].
+    client; `botocore`: every call through aioboto3, the path before issue #6],
+    CHAT_SEQ_BATCH [50: concurrent sends of one room (and joins) share one counter ADD of up
+    to this many numbers; 0 or 1: one ADD per send, the path before issue #6's batching].
     """
 
     host: str = "127.0.0.1"
@@ -73,6 +75,8 @@ class Config:
     log_level: str = "INFO"
     # which client makes the hot DynamoDB calls: "ddb" (chat/ddb.py) or "botocore" (aioboto3)
     dynamodb_client: str = "ddb"
+    # most sequence numbers (or user ids) one counter ADD takes at once; <= 1: no batching
+    seq_batch: int = 50
 
     def __post_init__(self) -> None:
         if not self.instance_id:
@@ -84,6 +88,8 @@ class Config:
             raise ValueError("CHAT_FAULT_RATE must be between 0 and 1")
         if self.dynamodb_client not in ("ddb", "botocore"):
             raise ValueError("CHAT_DYNAMODB_CLIENT must be ddb or botocore")
+        if self.seq_batch < 0:
+            raise ValueError("CHAT_SEQ_BATCH must be 0 (off) or more")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -117,6 +123,7 @@ class Config:
             rate_burst=_int(env, "CHAT_RATE_BURST", 10),
             log_level=env.get("CHAT_LOG_LEVEL", "INFO"),
             dynamodb_client=env.get("CHAT_DYNAMODB_CLIENT", "").strip().lower() or "ddb",
+            seq_batch=_int(env, "CHAT_SEQ_BATCH", 50),
         )
         for key, value in overrides.items():
             if value is not None:

@@ -6,6 +6,11 @@
   path). Both raise botocore's exceptions, so the handling below is the same for both.
 
 - Each room's sequence number is an atomic ADD on the `room#<room>` counter in user-counter.
+  Within one process, the ADDs of one counter are coalesced (CHAT_SEQ_BATCH, default 50):
+  a send of an idle room gets its ADD 1 at once; the sends that ask for a number while that
+  ADD is in flight are served together by the next `ADD n` (the counter's new value v gives
+  them v-n+1 .. v, in the order they asked). DynamoDB's ADD is atomic across instances, so
+  the numbers stay unique; a number handed to a send that was cancelled meanwhile is voided.
 - Before its message is written, a client_id is claimed by an idempotency record
   (connections table, key `dedup#<room>#<client_id>`, 10 minutes) pointing at its seq, so
   a retried client_id finds the original seq even after a Redis restart or on another
@@ -41,6 +46,14 @@ STALE_CLAIM_MS = 10_000  # a claimed client_id whose message never appeared
 
 class StoreUnavailable(Exception):
     """DynamoDB did not answer or refused; the client may retry with the same client_id."""
+
+
+@dataclass
+class _Waiter:
+    """A send (or join) waiting for a number from its counter's next batched ADD."""
+    future: asyncio.Future[int]
+    room: str | None  # the room whose number it is (voided if unused); None: the user ids
+    taken: list[int] | None  # the send's numbers: the number goes here before it is handed
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,11 @@ class MessageStore:
         self._client: Any = None  # the hot calls' client: chat.ddb.DynamoDB, or aioboto3's
         self._boto: Any = None  # aioboto3's client: table creation (and all, with botocore)
         self._voiding: set[asyncio.Task[None]] = set()
+        # the ADD coalescer: per counter, the waiters not yet in an ADD, and the task that
+        # issues that counter's ADDs while anyone waits (none for an idle counter)
+        self._waiting: dict[str, list[_Waiter]] = {}
+        self._adders: dict[str, asyncio.Task[None]] = {}
+        self._closing = False
         self.messages = config.table_messages
         self.connections = config.table_connections
         self.counters = config.table_user_counter
@@ -113,6 +131,16 @@ class MessageStore:
             connect_timeout=2, read_timeout=5, max_attempts=2, max_connections=50))
 
     async def close(self) -> None:
+        # No task outlives the store: the batched ADDs in flight are cancelled (their
+        # waiters fail with StoreUnavailable, as a send whose ADD timed out), then the voids
+        # already started get their answer before the client closes.
+        self._closing = True
+        adders = list(self._adders.values())
+        for task in adders:
+            task.cancel()
+        await asyncio.gather(*adders, return_exceptions=True)
+        while self._voiding:
+            await asyncio.gather(*list(self._voiding), return_exceptions=True)
         await self._stack.aclose()
 
     @property
@@ -147,15 +175,91 @@ class MessageStore:
         """Raise StoreUnavailable unless DynamoDB answers a cheap read."""
         await self._call("get_item", TableName=self.counters, Key={"name": {"S": "user"}})
 
-    async def _add(self, counter: str) -> int:
+    async def _add(self, counter: str, n: int = 1) -> int:
+        """Add n to the counter; its new value v (this call owns v-n+1 .. v)."""
         r = await self._call(
             "update_item", TableName=self.counters, Key={"name": {"S": counter}},
             UpdateExpression="ADD #n :one", ExpressionAttributeNames={"#n": "n"},
-            ExpressionAttributeValues={":one": {"N": "1"}}, ReturnValues="UPDATED_NEW")
+            ExpressionAttributeValues={":one": {"N": str(n)}}, ReturnValues="UPDATED_NEW")
         return int(r["Attributes"]["n"]["N"])
 
+    async def _number(self, counter: str, room: str | None = None,
+                      taken: list[int] | None = None) -> int:
+        """The counter's next number, from an ADD shared with the concurrent callers.
+
+        `taken` receives the number before it is handed over, so a caller cancelled
+        after the number arrived still finds it there (append voids it); a caller
+        cancelled before gets no number, and one that arrives for it anyway is voided
+        here (`room`). An error of the ADD fails every caller of that batch."""
+        if self.config.seq_batch <= 1:  # CHAT_SEQ_BATCH=0: one ADD per caller
+            seq = await self._add(counter)
+            if taken is not None:
+                taken.append(seq)
+            return seq
+        if self._closing:
+            raise StoreUnavailable("the store is closing")
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), room, taken)
+        self._waiting.setdefault(counter, []).append(waiter)
+        if counter not in self._adders:  # an idle counter: its ADD goes out now
+            self._adders[counter] = loop.create_task(self._run_adds(counter))
+        return await waiter.future
+
+    async def _run_adds(self, counter: str) -> None:
+        """Issue the counter's ADDs while callers wait: each takes all the waiters that
+        asked meanwhile, at most CHAT_SEQ_BATCH of them.
+
+        Why a cap: an ADD that fails fails its whole batch, and one that timed out after
+        DynamoDB applied it leaves its numbers unvoided (readers fence them after
+        gap_skip); 50 also matches the client's connection pool, so a larger batch could
+        not write its messages at once anyway."""
+        batch: list[_Waiter] = []
+        try:
+            while True:
+                queue = [w for w in self._waiting.get(counter, ()) if not w.future.done()]
+                if not queue:  # idle again; no await since the check: nobody slips by
+                    self._waiting.pop(counter, None)
+                    return
+                cap = self.config.seq_batch
+                batch, self._waiting[counter] = queue[:cap], queue[cap:]
+                try:
+                    top = await self._add(counter, len(batch))
+                except Exception as e:  # every waiter of the batch gets it
+                    for w in batch:
+                        if not w.future.done():
+                            w.future.set_exception(
+                                StoreUnavailable(str(e)) if isinstance(e, StoreUnavailable)
+                                else e)
+                    batch = []
+                    continue
+                first = top - len(batch) + 1
+                for i, w in enumerate(batch):
+                    self._hand(w, first + i)
+                batch = []
+        finally:
+            if self._adders.get(counter) is asyncio.current_task():
+                del self._adders[counter]
+            # cancelled (the store closes): nobody may wait for an ADD that will not come
+            for w in batch + self._waiting.pop(counter, []):
+                if not w.future.done():
+                    w.future.set_exception(StoreUnavailable("the store is closing"))
+
+    def _hand(self, waiter: _Waiter, seq: int) -> None:
+        if waiter.future.cancelled():  # the caller gave up while the ADD was in flight
+            if waiter.room is not None:
+                self._void_soon(waiter.room, seq)
+            return
+        if waiter.taken is not None:
+            waiter.taken.append(seq)
+        waiter.future.set_result(seq)
+
+    def _void_soon(self, room: str, seq: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._void(room, seq))
+        self._voiding.add(task)
+        task.add_done_callback(self._voiding.discard)
+
     async def next_user_id(self) -> int:
-        return await self._add("user")
+        return await self._number("user")
 
     async def latest_seq(self, room: str) -> int:
         """The last sequence number assigned in the room (0 for a new room)."""
@@ -227,9 +331,7 @@ class MessageStore:
             # call failed): void the number now, or every room waits gap_skip for it. The
             # void is conditional, so a message that did get stored stays.
             for seq in taken:
-                task = asyncio.get_running_loop().create_task(self._void(room, seq))
-                self._voiding.add(task)
-                task.add_done_callback(self._voiding.discard)
+                self._void_soon(room, seq)
             raise
 
     async def _append(self, *, room: str, user_id: int, name: str, text: str,
@@ -237,8 +339,7 @@ class MessageStore:
         deadline = time.monotonic() + 5.0
         replaces: int | None = None
         while True:
-            seq = await self._add(f"room#{room}")
-            taken.append(seq)
+            seq = await self._number(f"room#{room}", room, taken)
             if await self._claim(room, client_id, seq, replaces):
                 break
             await self._void(room, seq)
