@@ -2,8 +2,9 @@
 
     bash bench/run.sh [--quick] [--rounds N] [--no-write]
 
-One sitting, everything on 127.0.0.1 free ports: one redis-server per system, a moto server
-(DynamoDB API) for ours, one HAProxy with a frontend per system. Systems alternate A B A B;
+One sitting, everything on 127.0.0.1 free ports: one redis-server per system, the DynamoDB
+emulator (moto, roles/data/files/dynamodb_emulator.py) for ours, one HAProxy with a
+frontend per system. Systems alternate A B A B;
 each round of a system runs, on fresh server processes:
 
   demo     100 users, 20 msg/s, through HAProxy (ours: both colors, 50/50)
@@ -39,7 +40,6 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 PEER = REPO / "bench" / "peer"
-VENV_BIN = Path(sys.executable).parent
 DOC = REPO / "docs" / "benchmarks.md"
 START, END = "<!-- bench:fanout:start -->", "<!-- bench:fanout:end -->"
 OURS, PEER_NAME = "ours", "socket.io"
@@ -159,10 +159,10 @@ class Sitting:
             self.p.start(key, [redis, "--port", str(self.ports[key]), "--bind", "127.0.0.1",
                                "--save", "", "--appendonly", "no", "--dir", str(self.tmp)])
             wait_port(self.ports[key])
-        # moto server (werkzeug) closes the connection after every response, so each
-        # DynamoDB call opens a TCP connection: an emulator cost real DynamoDB does not have.
-        self.p.start("moto", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1",
-                              "-p", str(self.ports["moto"])])
+        # The local stack's DynamoDB emulator (moto with an indexed Query, see
+        # roles/data/files/dynamodb_emulator.py); the same one every test stack uses.
+        self.p.start("moto", [sys.executable, str(REPO / "roles/data/files/dynamodb_emulator.py"),
+                              "-H", "127.0.0.1", "-p", str(self.ports["moto"])])
         wait_http(f"http://127.0.0.1:{self.ports['moto']}/moto-api/")
         subprocess.run([sys.executable, "-m", "chat", "init-tables"], cwd=REPO, check=True,
                        env={**os.environ, **self.aws_env}, stdout=subprocess.DEVNULL)
