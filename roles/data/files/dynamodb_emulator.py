@@ -18,6 +18,13 @@
    ExclusiveStartKey of another partition, B range keys, an unexpected operator or error)
    goes to the original query unchanged.
 
+3. moto's server runs each request in its own thread, and its writes are read-modify-write
+   without a lock: two concurrent `UpdateItem ADD 1` on one counter could both answer the
+   same value, and two conditional puts of one key (`attribute_not_exists`) could both
+   succeed. DynamoDB applies each write to an item atomically, and the chat's exactly-once
+   rests on that. `patch()` runs every write request (PutItem, UpdateItem, DeleteItem,
+   BatchWriteItem, TransactWriteItems) under one lock, from parsing to the serialised answer.
+
 `main` runs moto's own server entry point with the same arguments as `moto_server`.
 """
 
@@ -263,11 +270,27 @@ def _query_indexed(self: Table, hash_key: DynamoType | None, range_comparison: s
     return _query(_Candidates(self, candidates), *args, **kwargs)  # type: ignore[arg-type]
 
 
+_WRITES = ("put_item", "update_item", "delete_item", "batch_write_item", "transact_write_items")
+
+
+def _atomic(handler: Any) -> Any:
+    def locked(self: Any) -> Any:
+        with _LOCK:
+            return handler(self)
+
+    locked.__name__ = handler.__name__
+    return locked
+
+
 def patch() -> None:
-    """Install the patches into moto's Table (idempotent)."""
+    """Install the patches into moto's Table and DynamoHandler (idempotent)."""
     global _patched
     if _patched:
         return
+    from moto.dynamodb.responses import DynamoHandler
+
+    for name in _WRITES:
+        setattr(DynamoHandler, name, _atomic(getattr(DynamoHandler, name)))
     Table.describe = _describe_with_id  # type: ignore[method-assign]
     Table.put_item = _put_item_indexed  # type: ignore[method-assign]
     Table.delete_item = _delete_item_indexed  # type: ignore[method-assign]
