@@ -14,9 +14,10 @@ its ``history`` frame has arrived, not at its ``welcome``: until then the old co
 still open) stays the one the user sends on and keeps receiving, and the user counts as
 connected / recovered only from that history on. A user's next churn is timed from that
 moment, so a slow join is never abandoned for another one that would resume from the same
-``since``. A candidate that closes before its history, or gets none within
-``history_timeout``, is retried with backoff (``closed_before_history``,
-``history_timeouts`` in the report); ``history_wait_ms`` is welcome-to-history time.
+``since``. A candidate that closes before its history, is told to ``migrate`` before it, or
+gets none within ``history_timeout``, is closed and retried with backoff
+(``closed_before_history``, ``migrated_before_history``, ``history_timeouts`` in the
+report); ``history_wait_ms`` is welcome-to-history time.
 
 Accounting (what "lost", "duplicated" and "out of order" mean):
 
@@ -319,6 +320,7 @@ class Stats:
     http_fills: int = 0                # pages fetched over HTTP after a history with more
     closed_before_history: int = 0     # candidates that said welcome, then closed
     history_timeouts: int = 0          # candidates given up: no history in history_timeout
+    migrated_before_history: int = 0   # candidates given up: told to migrate before it
     acked: int = 0
     rejected: int = 0                  # invalid / too_long: never acked, not retried
     errors: Counter[str] = field(default_factory=Counter)
@@ -428,7 +430,7 @@ class SimUser:
         """Return once ``conn``'s history has arrived; else close it and raise."""
         st = self.lg.stats
         waits = [asyncio.ensure_future(e.wait())
-                 for e in (conn.history, conn.closed, self.lg.closing_event)]
+                 for e in (conn.history, conn.closed, conn.migrate, self.lg.closing_event)]
         try:
             await asyncio.wait(waits, timeout=self.lg.cfg.history_timeout,
                                return_when=asyncio.FIRST_COMPLETED)
@@ -441,7 +443,13 @@ class SimUser:
         if conn.closed.is_set():
             st.closed_before_history += 1
             raise ConnectionError("closed before its history")
-        if not self.lg.closing:
+        if self.lg.closing:
+            pass
+        elif conn.migrate.is_set():
+            # its instance is draining: it never becomes the user's connection, another
+            # attempt (through the load balancer) goes to a ready instance
+            st.migrated_before_history += 1
+        else:
             st.history_timeouts += 1
         conn.closing_by_us = True
         with contextlib.suppress(Exception):
@@ -910,6 +918,7 @@ class LoadGen:
             "acked": st.acked, "rejected": st.rejected, "http_fills": st.http_fills,
             "closed_before_history": st.closed_before_history,
             "history_timeouts": st.history_timeouts,
+            "migrated_before_history": st.migrated_before_history,
             **totals,
             "latency_ms": {**lat, "basis": "receive wall clock - message ts (server clock)"},
             "ack_latency_ms": {**ack, "basis": "local clock, first send to ack"},

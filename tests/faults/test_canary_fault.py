@@ -92,6 +92,7 @@ async def test_bad_green_trips_the_gate_rolls_back_and_drains_to_blue_with_zero_
                 latency_by_path_ms=r["latency_by_path_ms"],
                 closed_before_history=r["closed_before_history"],
                 history_timeouts=r["history_timeouts"],
+                migrated_before_history=r["migrated_before_history"],
                 awaiting_history_at_end=r["awaiting_history_at_end"],
                 failed_handshakes=r["failed_handshakes_by_reason"],
                 unsent_at_stop=r["unsent_at_stop"])

@@ -59,6 +59,7 @@ class Peer:
     history_gate: asyncio.Event | None = None   # history waits for this too
     gate_only_since: bool = False         # ... only on connections with `since`
     close_before_history: int = 0         # close this many `since` connections after welcome
+    migrate_before_history: int = 0       # send migrate to this many, before their history
     records: list[ConnRecord] = field(default_factory=list)
     seq: int = 0
     messages: list[dict[str, Any]] = field(default_factory=list)
@@ -84,6 +85,9 @@ class Peer:
         cut = since is not None and self.close_before_history > 0
         if cut:
             self.close_before_history -= 1
+        move = since is not None and not cut and self.migrate_before_history > 0
+        if move:
+            self.migrate_before_history -= 1
         # welcome, history and registration with no await between: no gap, no repeat
         out.put_nowait(json.dumps({"type": "welcome", "user_id": self.next_user, "name": name,
                                    "room": room, "color": self.color, "version": "v1",
@@ -97,6 +101,8 @@ class Peer:
             hist, more = hist[:self.history_cap], True
         if cut:
             out.put_nowait("__close_1012__")
+        if move:
+            out.put_nowait(json.dumps({"type": "migrate"}))
         out.put_nowait(json.dumps({"type": "history", "messages": hist, "more": more}))
         if self.first is None:
             self.first = out
@@ -448,6 +454,25 @@ async def test_old_connection_lost_while_the_new_waits_for_history_leaves_no_con
         r = await asyncio.wait_for(task, 30)
     assert r["migrations"] == 6 and r["unexpected_closes"] == 6 and r["reconnects"] == 0
     assert r["connections_by_color"] == {"green": 6} and r["held_to_delivery"] == 6
+    assert r["acked"] == r["sent"] > 0
+    assert r["lost"] == r["duplicated"] == r["out_of_order"] == 0 and exit_code(r) == 0
+    assert_switched_only_after_history(peer)
+
+
+async def test_a_new_connection_told_to_migrate_before_its_history_is_not_switched_to(
+) -> None:
+    """Its instance began draining while it joined: the user stays on the old connection
+    and opens another; the abandoned one never carried a send."""
+    peer = Peer(migrate_after=10, history_delay=0.3, migrate_before_history=3)
+    async with running(peer) as url:
+        r = await run_loadgen(cfg(url, duration=2.5))
+    assert r["migrated_before_history"] == 3 and r["closed_before_history"] == 0
+    assert r["migrations"] == 6 and r["unexpected_closes"] == 0
+    assert r["handshakes"] == 6 + 6 + 3
+    abandoned = [rec for rec in peer.records if rec.since is not None
+                 and rec.history_at is None]
+    assert len(abandoned) == 3 and not any(rec.sends for rec in abandoned)
+    assert r["connections_by_color"] == {"green": 6}
     assert r["acked"] == r["sent"] > 0
     assert r["lost"] == r["duplicated"] == r["out_of_order"] == 0 and exit_code(r) == 0
     assert_switched_only_after_history(peer)
