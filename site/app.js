@@ -144,8 +144,7 @@
     if (state.candidate) return;
     clearTimeout(state.retryTimer);
     const conn = {
-      ws: new WebSocket(wsUrl()), welcome: null, intentional: false, migrateAsked: false,
-      historyTimer: null,
+      ws: new WebSocket(wsUrl()), welcome: null, intentional: false, historyTimer: null,
     };
     state.candidate = conn;
     conn.ws.addEventListener('message', (ev) => onFrame(conn, ev.data));
@@ -173,7 +172,6 @@
       previous.ws.close(1000, 'migrated');
     }
     resendPending();
-    if (conn.migrateAsked) connect(); // its instance asked it to move before it took over
   }
 
   function onClose(conn) {
@@ -239,7 +237,8 @@
         break;
       case 'migrate':
         if (conn === state.current) connect();
-        else if (conn === state.candidate) conn.migrateAsked = true;
+        // its instance is draining before it took over: drop it, try again (onClose)
+        else if (conn === state.candidate) conn.ws.close();
         break;
       case 'error':
         onError(f);
