@@ -15,17 +15,16 @@ before the batching; 50: the default), alternated like the clients; every row al
 the counter ADDs per append (update_item calls, counted by wrapping the client). `--burst K`
 adds a mode where K appends of one room start together, n/K times in a row.
 
-`--keepalive` serves moto's WSGI app from a small threaded HTTP/1.1 keep-alive server (this
-script in a child process) instead of moto_server, whose werkzeug server closes every
-connection (real DynamoDB keeps them open): that shows the connection pool's share. Without
-it, both clients open a TCP connection per call.
+The emulator is the local stack's (roles/data/files/dynamodb_emulator.py: moto with an
+indexed Query, atomic writes and keep-alive DynamoDB connections, as real DynamoDB keeps
+them open). `--plain-moto` runs `moto_server` instead, whose werkzeug server closes every
+connection: both clients then open a TCP connection per call.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import socket
@@ -35,7 +34,6 @@ import sys
 import time
 import urllib.request
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +44,7 @@ from chat.config import Config  # noqa: E402
 from chat.store import MessageStore  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
+EMULATOR = Path(__file__).resolve().parent.parent / "roles/data/files/dynamodb_emulator.py"
 
 
 def free_port() -> int:
@@ -70,56 +69,6 @@ def proc_cpu(pid: int) -> float:
     """utime + stime of a process, in seconds (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def serve_keepalive(port: int) -> None:
-    """moto's WSGI app on a threaded HTTP/1.1 server that keeps connections open."""
-    from moto.server import DomainDispatcherApplication, create_backend_app
-
-    app = DomainDispatcherApplication(create_backend_app)
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # headers and body are two writes
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            self.do_POST()
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            environ = {
-                "REQUEST_METHOD": self.command, "PATH_INFO": self.path.split("?")[0],
-                "QUERY_STRING": self.path.partition("?")[2], "SERVER_NAME": "127.0.0.1",
-                "SERVER_PORT": str(port), "SERVER_PROTOCOL": "HTTP/1.1",
-                "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
-                "wsgi.url_scheme": "http", "wsgi.version": (1, 0), "wsgi.multithread": True,
-                "wsgi.multiprocess": False, "wsgi.run_once": False,
-                "CONTENT_LENGTH": str(len(body)),
-                "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-            }
-            for k, v in self.headers.items():
-                environ["HTTP_" + k.upper().replace("-", "_")] = v
-            status: list[Any] = []
-
-            def start_response(s: str, headers: list[tuple[str, str]], *_: Any) -> None:
-                status[:] = [s, headers]
-
-            out = b"".join(app(environ, start_response))
-            self.send_response(int(status[0].split()[0]))
-            for k, v in status[1]:
-                if k.lower() not in ("content-length", "connection"):
-                    self.send_header(k, v)
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-    ThreadingHTTPServer.request_queue_size = 256  # 5 by default: SYNs dropped, 1 s stalls
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
-    server.serve_forever()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -254,14 +203,11 @@ def main() -> None:
     ap.add_argument("--burst", type=int, default=0,
                     help="also time bursts of this many appends started together in one "
                          "room (default 0: no burst mode)")
-    ap.add_argument("--keepalive", action="store_true",
-                    help="serve moto from a keep-alive HTTP/1.1 server (a child process)")
-    ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--plain-moto", action="store_true",
+                    help="moto_server instead of the local stack's emulator (a TCP "
+                         "connection per call)")
     ap.add_argument("--json", help="write the rows to this file")
     args = ap.parse_args()
-    if args.serve:
-        serve_keepalive(args.serve)
-        return
     args.clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     args.seq_batch = [int(b) for b in args.seq_batch.split(",") if b.strip()]
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -269,12 +215,13 @@ def main() -> None:
     os.environ.setdefault("AWS_DEFAULT_REGION", "ap-northeast-2")
     print(f"store_bench: n={args.n} concurrency={args.concurrency} burst={args.burst} "
           f"seq_batch={args.seq_batch} rounds={args.rounds} "
-          f"keepalive={args.keepalive} loadavg={os.getloadavg()[0]:.1f} "
+          f"plain_moto={args.plain_moto} loadavg={os.getloadavg()[0]:.1f} "
           f"cpus={os.cpu_count()}", flush=True)
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    argv = ([sys.executable, __file__, "--serve", str(port)] if args.keepalive else
-            [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)])
+    argv = ([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+            if args.plain_moto else
+            [sys.executable, str(EMULATOR), "-H", "127.0.0.1", "-p", str(port)])
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_http(f"{endpoint}/moto-api/")

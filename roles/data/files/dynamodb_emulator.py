@@ -25,6 +25,14 @@
    rests on that. `patch()` runs every write request (PutItem, UpdateItem, DeleteItem,
    BatchWriteItem, TransactWriteItems) under one lock, from parsing to the serialised answer.
 
+4. moto's server (werkzeug's) closes the connection after every response, so every
+   DynamoDB call paid a new TCP connection and a new server thread: an emulator cost real
+   DynamoDB (keep-alive HTTPS) does not have, and the largest part of a send's latency on
+   the emulator. `main` keeps DynamoDB's connections open (HTTP/1.1 keep-alive): only for
+   requests of the DynamoDB JSON protocol with a Content-Length body, which moto always
+   reads whole; every other request (other services, the moto API) is answered as before
+   and its connection closed.
+
 `main` runs moto's own server entry point with the same arguments as `moto_server`.
 """
 
@@ -303,11 +311,67 @@ def original_query() -> Any:
     return _query
 
 
+class _NoDrainSelectors:
+    """werkzeug's `selectors` as seen by its request handler: after each response it reads
+    whatever else is on the socket (10 ms wait, then a blocking read of up to 10 MB) to
+    discard an unread body before closing. On a kept-alive connection that is the next
+    request: a connection this handler keeps open is not drained."""
+
+    keeping = threading.local()
+    EVENT_READ = 1  # selectors.EVENT_READ
+
+
+    def DefaultSelector(self) -> Any:  # the name werkzeug calls
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        if getattr(self.keeping, "on", False):
+            sel.select = lambda timeout=None: []  # type: ignore[method-assign]
+        return sel
+
+
+def keep_alive_handler() -> Any:
+    """moto's request handler, keeping DynamoDB JSON-protocol connections open."""
+    import werkzeug.serving
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+    werkzeug.serving.selectors = _NoDrainSelectors()  # type: ignore[assignment]
+
+    class KeepAliveHandler(MotoRequestHandler):
+        protocol_version = "HTTP/1.1"
+        # werkzeug writes the headers and the body apart: with Nagle on, the body waits
+        # for the client's delayed ACK of the headers (~40 ms) once connections stay open
+        disable_nagle_algorithm = True
+
+        def run_wsgi(self) -> None:
+            _NoDrainSelectors.keeping.on = self._keep_alive()
+            try:
+                super().run_wsgi()
+            finally:
+                _NoDrainSelectors.keeping.on = False
+
+        def send_header(self, keyword: str, value: str) -> None:
+            if keyword.lower() == "connection" and value.lower() == "close" \
+                    and self._keep_alive():
+                return  # werkzeug's unconditional close; the response is framed
+            super().send_header(keyword, value)
+
+        def _keep_alive(self) -> bool:
+            h = self.headers
+            return (h.get("X-Amz-Target", "").startswith("DynamoDB_")
+                    and h.get("Content-Length") is not None
+                    and h.get("Transfer-Encoding") is None
+                    and h.get("Connection", "").lower() != "close")
+
+    return KeepAliveHandler
+
+
 def main(argv: list[str]) -> None:
-    from moto.server import main as moto_main
+    import moto.server
 
     patch()
-    moto_main(argv)
+    moto.server.MotoRequestHandler = keep_alive_handler()  # type: ignore[misc]
+    moto.server.main(argv)
 
 
 if __name__ == "__main__":
