@@ -345,6 +345,15 @@ class _Conn:
         self.closing_by_us = False
         self.reader: asyncio.Task[None] | None = None
 
+    async def close(self, reason: str) -> None:
+        """Close it ourselves (not counted as unexpected) and wait for its reader."""
+        self.closing_by_us = True
+        with contextlib.suppress(Exception):
+            await self.ws.close(1000, reason)
+        if self.reader is not None:
+            with contextlib.suppress(Exception):
+                await self.reader
+
 
 class _Done(Exception):
     pass
@@ -451,12 +460,7 @@ class SimUser:
             st.migrated_before_history += 1
         else:
             st.history_timeouts += 1
-        conn.closing_by_us = True
-        with contextlib.suppress(Exception):
-            await conn.ws.close(1000, "no history")
-        if conn.reader is not None:
-            with contextlib.suppress(Exception):
-                await conn.reader
+        await conn.close("no history")
         raise ConnectionError("no history in time")
 
     async def _open(self, why: str) -> _Conn:
@@ -549,12 +553,7 @@ class SimUser:
         """Close a replaced connection once the send in flight on it has its answer."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.idle.wait(), 2.0)
-        old.closing_by_us = True
-        with contextlib.suppress(Exception):
-            await old.ws.close(1000, "migrated")
-        if old.reader is not None:
-            with contextlib.suppress(Exception):
-                await old.reader
+        await old.close("migrated")
 
     async def _drop_when_closed(self, conn: _Conn) -> None:
         """While a replacement waits for its history: if the connection in use dies, the
@@ -872,12 +871,7 @@ class LoadGen:
         c = u.conn
         if c is None:
             return
-        c.closing_by_us = True
-        with contextlib.suppress(Exception):
-            await c.ws.close(1000, "loadgen done")
-        if c.reader is not None:
-            with contextlib.suppress(Exception):
-                await c.reader
+        await c.close("loadgen done")
 
     def _live(self) -> Counter[str]:
         live: Counter[str] = Counter()
