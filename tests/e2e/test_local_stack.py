@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -31,7 +30,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from chat.loadgen import LoadGen, LoadGenConfig, run_loadgen
-from tests.conftest import REPO, VENV_BIN
+from tests.conftest import REPO, VENV_BIN, haproxy_cli
 
 pytestmark = [
     pytest.mark.e2e,
@@ -93,15 +92,8 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def haproxy(command: str) -> str:
-    """One command on HAProxy's runtime API (what traffic_shift and the playbooks use)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(5)
-        s.connect(HAPROXY_SOCKET)
-        s.sendall(command.encode() + b"\n")
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks).decode()
+    """One command on the local stack's HAProxy runtime API (what traffic_shift uses)."""
+    return haproxy_cli(HAPROXY_SOCKET, command)
 
 
 def weights() -> dict[str, int]:
