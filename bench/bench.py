@@ -44,6 +44,7 @@ DOC = REPO / "docs" / "benchmarks.md"
 START, END = "<!-- bench:fanout:start -->", "<!-- bench:fanout:end -->"
 OURS, PEER_NAME = "ours", "socket.io"
 CPU_RATE = 30  # msg/s at 1,000 clients where CPU per delivery and latency are compared
+LADDER = [20, CPU_RATE, 40, 50, 60, 80, 100, 120, 160, 200, 240, 280, 320]  # msg/s, 1,000 clients
 
 
 def log(msg: str) -> None:
@@ -242,7 +243,8 @@ def memory(sitting: Sitting, system: str, pids: list[int], n: int, room: str) ->
                 "--concurrency", "100"]
         for u in sitting.urls(system, via_lb=False):
             argv += ["--url", u]
-        return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        # stdin stays open: the generator ends its hold when its stdin ends
+        return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     warm = hold(200, room + "-warm")
     assert warm.stdout is not None
@@ -272,7 +274,8 @@ def memory(sitting: Sitting, system: str, pids: list[int], n: int, room: str) ->
             final.get("unexpected_closes", 0)}
 
 
-def run_round(sitting: Sitting, system: str, quick: bool, rnd: int) -> dict[str, Any]:
+def run_round(sitting: Sitting, system: str, quick: bool, rnd: int,
+              rates: list[int] | None = None) -> dict[str, Any]:
     stamp = f"{system.replace('.', '')}-{rnd}-{int(time.time())}"
     procs = sitting.start_system(system)
     pids = [p.pid for p in procs]
@@ -281,7 +284,7 @@ def run_round(sitting: Sitting, system: str, quick: bool, rnd: int) -> dict[str,
         log(f"{system} round {rnd}: demo load (100 users, 20 msg/s, via HAProxy)")
         demo = loadgen(system, sitting.urls(system, via_lb=True), 100, [20], pids=pids,
                        duration=6 if quick else 15, room=f"demo-{stamp}")
-        ladder_rates = [CPU_RATE, 60, 90] if quick else [20, CPU_RATE, 40, 50, 60, 80, 100, 120]
+        ladder_rates = rates or ([CPU_RATE, 60, 90] if quick else LADDER)
         log(f"{system} round {rnd}: 1,000 clients, rates {ladder_rates}")
         # The CPU step runs even when a lower rate already missed the latency bar.
         ladder = loadgen(system, sitting.urls(system, via_lb=False), 1000, ladder_rates,
@@ -494,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help="≤ 3 min: 1 round, fewer rates")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per system (default 2)")
+    ap.add_argument("--rates", default="", help=f"comma list of ladder rates, msg/s, "
+                    f"including {CPU_RATE} (default {','.join(map(str, LADDER))}); for "
+                    "development: never written to the docs")
     ap.add_argument("--no-write", action="store_true", help="print only, keep docs as they are")
     ap.add_argument("--json", default="", help="also write every raw report to this file")
     ap.add_argument("--from-json", default="", help="render the table from a --json file of "
@@ -505,7 +511,10 @@ def main(argv: list[str] | None = None) -> int:
     systems = [s for s in (OURS, PEER_NAME) if s in args.systems.split(",")]
     if not systems:
         ap.error(f"--systems: choose from {OURS}, {PEER_NAME}")
-    if len(systems) < 2:
+    rates = sorted({int(r) for r in args.rates.split(",") if r.strip()})
+    if rates and CPU_RATE not in rates:
+        ap.error(f"--rates must include the CPU step's rate, {CPU_RATE}")
+    if len(systems) < 2 or rates:
         args.no_write = True  # docs/benchmarks.md only ever holds side-by-side sittings
     rounds = args.rounds or (1 if args.quick else 2)
     if args.from_json:
@@ -520,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         with sitting_up() as sitting:
             for rnd in range(1, rounds + 1):
                 for system in systems:
-                    results.append(run_round(sitting, system, args.quick, rnd))
+                    results.append(run_round(sitting, system, args.quick, rnd, rates))
         meta["wall_s"] = round(time.monotonic() - t0)
         if args.json:
             Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
