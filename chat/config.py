@@ -44,7 +44,10 @@ class Config:
     CHAT_DYNAMODB_CLIENT [ddb: the hot calls through chat/ddb.py, a keep-alive JSON-protocol
     client; `botocore`: every call through aioboto3, the path before issue #6],
     CHAT_SEQ_BATCH [50: concurrent sends of one room (and joins) share one counter ADD of up
-    to this many numbers; 0 or 1: one ADD per send, the path before issue #6's batching].
+    to this many numbers; 0 or 1: one ADD per send, the path before issue #6's batching],
+    CHAT_FLUSH_INTERVAL [0.1 s: a room with CHAT_FLUSH_MEMBERS or more clients on this
+    instance writes its messages to them at most once per interval, several per write;
+    0: every message at once], CHAT_FLUSH_MEMBERS [200].
     """
 
     host: str = "127.0.0.1"
@@ -77,6 +80,9 @@ class Config:
     dynamodb_client: str = "ddb"
     # most sequence numbers (or user ids) one counter ADD takes at once; <= 1: no batching
     seq_batch: int = 50
+    # large rooms: at most one write per client per flush_interval seconds (rooms.Room)
+    flush_interval: float = 0.1
+    flush_members: int = 200
 
     def __post_init__(self) -> None:
         if not self.instance_id:
@@ -90,6 +96,10 @@ class Config:
             raise ValueError("CHAT_DYNAMODB_CLIENT must be ddb or botocore")
         if self.seq_batch < 0:
             raise ValueError("CHAT_SEQ_BATCH must be 0 (off) or more")
+        if not 0.0 <= self.flush_interval <= 1.0:
+            raise ValueError("CHAT_FLUSH_INTERVAL must be between 0 (off) and 1 second")
+        if self.flush_members < 1:
+            raise ValueError("CHAT_FLUSH_MEMBERS must be 1 or more")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -124,6 +134,8 @@ class Config:
             log_level=env.get("CHAT_LOG_LEVEL", "INFO"),
             dynamodb_client=env.get("CHAT_DYNAMODB_CLIENT", "").strip().lower() or "ddb",
             seq_batch=_int(env, "CHAT_SEQ_BATCH", 50),
+            flush_interval=_float(env, "CHAT_FLUSH_INTERVAL", 0.1),
+            flush_members=_int(env, "CHAT_FLUSH_MEMBERS", 200),
         )
         for key, value in overrides.items():
             if value is not None:

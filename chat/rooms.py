@@ -204,7 +204,8 @@ class Room:
         self.clients: set[Client] = set()
         self.next_seq: int | None = None  # next number to deliver; None until initialised
         self.pending: dict[int, tuple[str, int] | None] = {}  # seq -> (frame, ts) | void
-        self.outbox: list[tuple[int, str, int]] = []  # in order, due at the end of this turn
+        self.outbox: list[tuple[int, str, int]] = []  # in order, due at the next flush
+        self.flushed_at = -1e9  # loop time of the last flush (pacing of large rooms)
         self._init_lock = asyncio.Lock()
         self._gap_task: asyncio.Task[None] | None = None
         self._presence_task: asyncio.Task[None] | None = None
@@ -231,21 +232,36 @@ class Room:
             self._gap_task = asyncio.create_task(self._fill_gap(), name=f"gap-{self.name}")
 
     def _deliver(self, seq: int, frame: str, ts: int) -> None:
-        """Deliver at the end of this event-loop turn, with whatever else became due in it.
+        """Deliver at the next flush, with whatever else became due before it.
 
         Messages that become deliverable together (a gap filled from the store, a burst
         read off the bus, a slow moment of the loop) go to each client in one transport
         write instead of one per message: fewer system calls per delivery exactly when
-        the server is busiest. A lone message costs one `call_soon`.
+        the server is busiest. The flush is at the end of this event-loop turn, except in
+        a large room (CHAT_FLUSH_MEMBERS or more clients here): it flushes at most once
+        per CHAT_FLUSH_INTERVAL, so a message that follows a flush by less than that
+        waits for the rest of the interval and goes out with the others that came
+        meanwhile. A message after a quiet spell still goes out at once. A write costs
+        the kernel about as much for one small frame as for several, and a room of
+        hundreds pays it once per client per flush (docs/benchmarks.md).
         """
         self.outbox.append((seq, frame, ts))
         if len(self.outbox) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            cfg = self.rooms.config
+            interval = cfg.flush_interval
+            if interval > 0 and len(self.clients) >= cfg.flush_members:
+                due = self.flushed_at + interval
+                if due > loop.time():
+                    loop.call_at(due, self._flush)
+                    return
+            loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         batch, self.outbox = self.outbox, []
         if not batch:
             return
+        self.flushed_at = asyncio.get_running_loop().time()
         frames = [f for _, f, _ in batch]
         wires = [protocol.ws_text_frame(f) for f in frames]  # once per message
         joined = wires[0] if len(wires) == 1 else b"".join(wires)

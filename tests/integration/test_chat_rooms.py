@@ -356,3 +356,65 @@ async def test_messages_due_in_one_loop_turn_reach_each_client_in_one_write(stor
     assert wire_seqs(writes[0]) == [m[0] for m in msgs]
     assert [s for w in late.io_proto.transport.writes for s in wire_seqs(w)] == \
         [m[0] for m in msgs[2:]]
+
+
+async def _paced_room(store, members: int, **cfg: Any) -> tuple[Room, list[FakeIoWs]]:
+    rooms = make_rooms(store, **cfg)
+    room = "p-" + uuid.uuid4().hex[:8]
+    sockets = [FakeIoWs() for _ in range(members)]
+    r = None
+    for ws in sockets:
+        _, r = await add_client(rooms, room, ws)
+    assert r is not None
+    return r, sockets
+
+
+def _writes(ws: FakeIoWs) -> list[list[int]]:
+    return [wire_seqs(w) for w in ws.io_proto.transport.writes if wire_seqs(w)]
+
+
+async def test_a_large_room_writes_at_most_once_per_flush_interval(store):
+    r, sockets = await _paced_room(store, 3, flush_interval=0.3, flush_members=3)
+    msgs = [await store_message(store, r.name, f"m{i}") for i in range(4)]
+    r.offer(*msgs[0])  # after a quiet spell: out at the end of this turn
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert all(_writes(ws) == [[msgs[0][0]]] for ws in sockets)
+    for m in msgs[1:]:  # each in its own loop turn, all within the interval
+        r.offer(*m)
+        await asyncio.sleep(0)
+    assert all(_writes(ws) == [[msgs[0][0]]] for ws in sockets)  # held back
+    await until(lambda: all(len(_writes(ws)) == 2 for ws in sockets))
+    for ws in sockets:  # the three that came meanwhile: one write, in order, each once
+        assert _writes(ws) == [[msgs[0][0]], [m[0] for m in msgs[1:]]]
+
+
+async def test_a_room_below_flush_members_writes_each_message_at_once(store):
+    r, sockets = await _paced_room(store, 2, flush_interval=0.3, flush_members=3)
+    msgs = [await store_message(store, r.name, f"m{i}") for i in range(3)]
+    for m in msgs:
+        r.offer(*m)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    for ws in sockets:
+        assert _writes(ws) == [[m[0]] for m in msgs]
+
+
+async def test_a_client_joining_while_a_paced_flush_waits_gets_every_message_once(store):
+    r, sockets = await _paced_room(store, 3, flush_interval=0.3, flush_members=3)
+    first = await store_message(store, r.name, "first")
+    r.offer(*first)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    held = await store_message(store, r.name, "held")
+    r.offer(*held)  # waits for the interval
+    late = FakeIoWs()
+    c = Client(late, user_id=9, name="late", room=r.name, queue_size=100,
+               metrics=r.rooms.metrics)
+    r.rooms.join(c)
+    history, last, _ = await r.history(None)  # the store has both messages already
+    assert [int(m["seq"]) for m in history] == [first[0], held[0]]
+    r.go_live(c, last)
+    await until(lambda: all(len(_writes(ws)) == 2 for ws in sockets))
+    await asyncio.sleep(0.05)
+    assert _writes(late) == []  # its history had both: nothing twice
