@@ -113,14 +113,14 @@ def start_redis(tmp: Path, port: int | None = None) -> Service:
     return Service(port, proc, f"redis://127.0.0.1:{port}/0")
 
 
-def start_moto(port: int | None = None) -> Service:
+def start_moto(port: int | None = None, env: dict[str, str] | None = None) -> Service:
     """The local stack's DynamoDB emulator (moto's server with the launcher's patches: TableId,
     indexed Query), with the same arguments as `moto_server`."""
     port = port or free_port()
     proc = subprocess.Popen(
         [str(VENV_BIN / "python"), str(REPO / "roles" / "data" / "files" / "dynamodb_emulator.py"),
          "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})},
     )
     wait_for_http(f"http://127.0.0.1:{port}/moto-api/")
     return Service(port, proc, f"http://127.0.0.1:{port}")

@@ -298,3 +298,23 @@ def test_a_cancelled_transaction_restores_a_consistent_index() -> None:
             {"Delete": {"TableName": "m", "Key": {"room": {"S": "r"}, "seq": {"N": "2"}}}}])
         assert [int(i["seq"]["N"]) for i in ddb.query(**kw, ScanIndexForward=False,
                                                       Limit=3)["Items"]] == [9, 5, 4]
+
+
+@pytest.mark.parametrize("raw", [
+    b"Host: 127.0.0.1:8000\r\nX-Amz-Target: DynamoDB_20120810.PutItem\r\n"
+    b"Content-Length: 12\r\nX-Empty:\r\nX-Spaced: \t a b  \r\n\r\n",
+    b"Host: h\r\nX-Folded: one\r\n  two\r\n\r\n",  # obs-fold: the email parser's answer
+    b"Host: h\r\nBad Name : v\r\nno colon\r\n\r\n",  # malformed: the email parser's too
+    b"Host: h\nBare-LF: v\n\n",
+    b"\r\n",
+])
+def test_the_fast_header_parser_gives_what_http_client_gives(raw: bytes) -> None:
+    import http.client
+    from io import BytesIO
+
+    want = http.client.parse_headers(BytesIO(raw + b"BODY"))
+    fp = BytesIO(raw + b"BODY")
+    got = emu._fast_parse_headers(fp)
+    assert type(got) is type(want)
+    assert got.items() == want.items()
+    assert fp.read() == b"BODY"  # the body is left unread, as before
