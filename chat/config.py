@@ -47,7 +47,8 @@ class Config:
     to this many numbers; 0 or 1: one ADD per send, the path before issue #6's batching],
     CHAT_FLUSH_INTERVAL [0.1 s: a room with CHAT_FLUSH_MEMBERS or more clients on this
     instance writes its messages to them at most once per interval, several per write;
-    0: every message at once], CHAT_FLUSH_MEMBERS [200].
+    0: every message at once], CHAT_FLUSH_MEMBERS [200], CHAT_FLUSH_BATCH [8: such a room
+    flushes before the interval ends once this many messages wait].
     """
 
     host: str = "127.0.0.1"
@@ -83,6 +84,7 @@ class Config:
     # large rooms: at most one write per client per flush_interval seconds (rooms.Room)
     flush_interval: float = 0.1
     flush_members: int = 200
+    flush_batch: int = 8
 
     def __post_init__(self) -> None:
         if not self.instance_id:
@@ -100,6 +102,8 @@ class Config:
             raise ValueError("CHAT_FLUSH_INTERVAL must be between 0 (off) and 1 second")
         if self.flush_members < 1:
             raise ValueError("CHAT_FLUSH_MEMBERS must be 1 or more")
+        if self.flush_batch < 2:
+            raise ValueError("CHAT_FLUSH_BATCH must be 2 or more")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -136,6 +140,7 @@ class Config:
             seq_batch=_int(env, "CHAT_SEQ_BATCH", 50),
             flush_interval=_float(env, "CHAT_FLUSH_INTERVAL", 0.1),
             flush_members=_int(env, "CHAT_FLUSH_MEMBERS", 200),
+            flush_batch=_int(env, "CHAT_FLUSH_BATCH", 8),
         )
         for key, value in overrides.items():
             if value is not None:

@@ -418,3 +418,21 @@ async def test_a_client_joining_while_a_paced_flush_waits_gets_every_message_onc
     await until(lambda: all(len(_writes(ws)) == 2 for ws in sockets))
     await asyncio.sleep(0.05)
     assert _writes(late) == []  # its history had both: nothing twice
+
+
+async def test_a_paced_room_flushes_early_once_flush_batch_messages_wait(store):
+    r, sockets = await _paced_room(store, 3, flush_interval=0.9, flush_members=3,
+                                   flush_batch=3)
+    msgs = [await store_message(store, r.name, f"m{i}") for i in range(5)]
+    r.offer(*msgs[0])
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    for m in msgs[1:4]:  # the third waiting one triggers the flush, long before the interval
+        r.offer(*m)
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    for ws in sockets:
+        assert _writes(ws) == [[msgs[0][0]], [m[0] for m in msgs[1:4]]]
+    r.offer(*msgs[4])  # paced again after that flush
+    await asyncio.sleep(0.05)
+    assert all(len(_writes(ws)) == 2 for ws in sockets)
