@@ -44,7 +44,8 @@ DOC = REPO / "docs" / "benchmarks.md"
 START, END = "<!-- bench:fanout:start -->", "<!-- bench:fanout:end -->"
 OURS, PEER_NAME = "ours", "socket.io"
 CPU_RATE = 30  # msg/s at 1,000 clients where CPU per delivery and latency are compared
-LADDER = [20, CPU_RATE, 40, 50, 60, 80, 100, 120, 160, 200, 240, 280, 320]  # msg/s, 1,000 clients
+LADDER = [20, CPU_RATE, 40, 50, 60, 80, 100, 120, 160, 200, 240, 280, 320, 360, 400]  # msg/s
+UNPACED = {"CHAT_FLUSH_INTERVAL": "0"}  # ours without the paced flush of large rooms
 
 
 def log(msg: str) -> None:
@@ -172,12 +173,13 @@ class Sitting:
         self.p.start("haproxy", [shutil.which("haproxy") or "haproxy", "-db", "-f", str(cfg)])
         wait_port(self.ports["lb_ours"])
 
-    def start_system(self, system: str) -> list[subprocess.Popen[bytes]]:
+    def start_system(self, system: str,
+                     extra: dict[str, str] | None = None) -> list[subprocess.Popen[bytes]]:
         if system == OURS:
             procs = []
             for color, version in (("blue", "v1"), ("green", "v2")):
                 env = {**self.aws_env, "REDIS_URL": f"redis://127.0.0.1:{self.ports['redis_ours']}/0",
-                       "CHAT_LOG_LEVEL": "WARNING"}
+                       "CHAT_LOG_LEVEL": "WARNING", **(extra or {})}
                 procs.append(self.p.start(color, [
                     sys.executable, "-m", "chat", "serve", "--host", "127.0.0.1",
                     "--port", str(self.ports[color]), "--color", color, "--version", version],
@@ -293,6 +295,17 @@ def run_round(sitting: Sitting, system: str, quick: bool, rnd: int,
         store = store_latency(sitting) if system == OURS else None
     finally:
         sitting.p.stop(procs)
+    unpaced = None
+    if system == OURS:  # the same CPU step without the paced flush, for comparison
+        procs = sitting.start_system(system, UNPACED)
+        try:
+            log(f"{system} round {rnd}: 1,000 clients at {CPU_RATE} msg/s, "
+                "CHAT_FLUSH_INTERVAL=0")
+            unpaced = loadgen(system, sitting.urls(system, via_lb=False), 1000, [CPU_RATE],
+                              pids=[p.pid for p in procs], duration=5 if quick else 8,
+                              drain=8, room=f"unpaced-{stamp}")
+        finally:
+            sitting.p.stop(procs)
     procs = sitting.start_system(system)
     try:
         n = 1000 if quick else 2500
@@ -301,7 +314,7 @@ def run_round(sitting: Sitting, system: str, quick: bool, rnd: int,
     finally:
         sitting.p.stop(procs)
     return {"system": system, "round": rnd, "demo": demo, "ladder": ladder, "memory": mem,
-            "store_latency": store}
+            "store_latency": store, "unpaced": unpaced}
 
 
 def store_latency(sitting: Sitting) -> dict[str, Any]:
@@ -340,6 +353,8 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         med = statistics.median
 
         demo_steps = [r["demo"]["steps"][0] for r in rs if r["demo"].get("steps")]
+        unpaced = [_step(r["unpaced"], CPU_RATE) for r in rs if r.get("unpaced")]
+        unpaced_ok = [s for s in unpaced if s]
         out[system] = {
             "rounds": len(rs),
             "cpu_us": med([s["server_cpu_us_per_delivery"] for s in cpu_ok]) if cpu_ok else None,
@@ -358,6 +373,9 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             if rs[0].get("store_latency") else None,
             "sys_us": med([s.get("server_sys_us_per_delivery", 0.0) for s in cpu_ok])
             if cpu_ok else None,
+            "unpaced_cpu_us": med([s["server_cpu_us_per_delivery"] for s in unpaced_ok])
+            if unpaced_ok else None,
+            "unpaced": {p: pct(unpaced_ok, "latency_ms", p) for p in ("p50", "p95", "p99")},
             "connect_p50": med([r["ladder"]["connect_ms"]["p50"] for r in rs]),
             "connect_p99": med([r["ladder"]["connect_ms"]["p99"] for r in rs]),
         }
@@ -438,6 +456,11 @@ def table(summary: dict[str, dict[str, Any]], quick: bool, started: str,
         (f"1,000 clients at {CPU_RATE} msg/s p50 / p95 / p99, ms",
          " / ".join(_f(o.get("k1", {}).get(k)) for k in ("p50", "p95", "p99")),
          " / ".join(_f(p.get("k1", {}).get(k)) for k in ("p50", "p95", "p99")), "", "", ""),
+        ("… ours without the paced flush (CHAT_FLUSH_INTERVAL=0), same step: CPU µs per "
+         "delivery; p50 / p95 / p99, ms",
+         f"{_f(o.get('unpaced_cpu_us'))}; " + " / ".join(
+             _f(o.get("unpaced", {}).get(k)) for k in ("p50", "p95", "p99")),
+         "", ratio(o.get("unpaced_cpu_us"), p.get("cpu_us")), "", ""),
         (f"Memory per idle connection, KiB (RSS delta ÷ {o.get('mem_n', 'n')} connections)",
          _f(o.get("mem_kib")), _f(p.get("mem_kib")), ratio(o.get("mem_kib"), p.get("mem_kib")),
          "ours ≤ 16", goal(mem_ok)),
