@@ -90,13 +90,28 @@ class Service:
     url: str
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def start_haproxy(cfg: Path, text: str) -> subprocess.Popen[bytes]:
+    """A real HAProxy in the foreground on the configuration `text` (written to `cfg`)."""
+    exe = shutil.which("haproxy")
+    if exe is None:
+        pytest.fail("haproxy is not installed (scripts/setup.sh installs it)")
+    cfg.write_text(text)
+    return subprocess.Popen([exe, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 def start_redis(tmp: Path, port: int | None = None) -> Service:

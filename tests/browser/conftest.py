@@ -3,8 +3,6 @@ serving site/ (real redis-server and moto server underneath, free ports)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +11,7 @@ import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
 from tests.chatstack import ChatInstance, ChatStack, chat_stack
-from tests.conftest import REPO, free_port, wait_for_http
+from tests.conftest import REPO, free_port, start_haproxy, stop_process, wait_for_http
 
 __all__ = ["browser", "chat_stack", "green_first_proxy", "haproxy_front", "site_pair"]
 
@@ -70,24 +68,14 @@ backend chat
 @contextmanager
 def haproxy_front(primary: ChatInstance, backup: ChatInstance, workdir: Path) -> Iterator[str]:
     """A real HAProxy on a free port: ``primary`` while it is ready, else ``backup``."""
-    exe = shutil.which("haproxy")
-    if exe is None:
-        pytest.fail("haproxy is not installed (scripts/setup.sh installs it)")
     port = free_port()
-    cfg = workdir / f"haproxy-{port}.cfg"
-    cfg.write_text(HAPROXY_CFG.format(port=port, green=primary.port, blue=backup.port))
-    proc = subprocess.Popen([exe, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = start_haproxy(workdir / f"haproxy-{port}.cfg", HAPROXY_CFG.format(
+        port=port, green=primary.port, blue=backup.port))
     try:
         wait_for_http(f"http://127.0.0.1:{port}/healthz")
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")

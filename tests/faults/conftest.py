@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,8 +36,10 @@ from tests.conftest import (
     haproxy_cli,
     haproxy_status,
     haproxy_weights,
+    start_haproxy,
     start_moto,
     start_redis,
+    stop_process,
     wait_for_http,
     wait_for_port,
 )
@@ -103,18 +104,12 @@ class FaultStack:
         return f"ws://127.0.0.1:{self.lb_port}/ws"
 
     def start_haproxy(self, weights: tuple[int, int] = (50, 50)) -> None:
-        exe = shutil.which("haproxy")
-        if exe is None:
-            pytest.fail("haproxy is not installed (scripts/setup.sh installs it)")
         self.lb_port = free_port()
         sockdir = tempfile.mkdtemp(prefix="flt-")  # UNIX socket paths are short
         self.sock = os.path.join(sockdir, "haproxy.sock")
-        cfg = self.workdir / "haproxy.cfg"
-        cfg.write_text(HAPROXY_CFG.format(sock=self.sock, port=self.lb_port,
-                                          blue=self.blue.port, green=self.green.port,
-                                          wb=weights[0], wg=weights[1]))
-        self.haproxy = subprocess.Popen([exe, "-db", "-f", str(cfg)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.haproxy = start_haproxy(self.workdir / "haproxy.cfg", HAPROXY_CFG.format(
+            sock=self.sock, port=self.lb_port, blue=self.blue.port, green=self.green.port,
+            wb=weights[0], wg=weights[1]))
         wait_for_port(self.lb_port)
         self.wait_status("blue", "UP")
         self.wait_status("green", "UP")
@@ -193,14 +188,10 @@ class FaultStack:
         return bad
 
     def stop(self) -> None:
-        if self.haproxy is not None and self.haproxy.poll() is None:
-            self.haproxy.terminate()
-            self.haproxy.wait(10)
+        if self.haproxy is not None:
+            stop_process(self.haproxy)
         self.chat.stop_all()
-        for p in (self.proxy,):
-            if p.poll() is None:
-                p.terminate()
-                p.wait(10)
+        stop_process(self.proxy)
         self.moto.stop()
         self.redis.stop()
 

@@ -33,6 +33,8 @@ from tests.conftest import (
     haproxy_cli,
     haproxy_status,
     haproxy_weights,
+    start_haproxy,
+    stop_process,
     wait_for_port,
 )
 
@@ -171,19 +173,13 @@ backend chat
 
 @pytest.fixture
 def stack() -> Iterator[Stack]:
-    haproxy = shutil.which("haproxy")
-    if haproxy is None:
-        pytest.fail("haproxy is not installed (scripts/setup.sh installs it)")
     blue, green = FakeChat("blue"), FakeChat("green")
     servers = [serve(blue), serve(green)]
     tmp = tempfile.mkdtemp(prefix="ts-haproxy-")  # short: UNIX socket paths are limited
     sock = os.path.join(tmp, "haproxy.sock")
     fe, tcp = free_port(), free_port()
-    cfg = Path(tmp, "haproxy.cfg")
-    cfg.write_text(HAPROXY_CFG.format(sock=sock, tcp=tcp, fe=fe, blue=servers[0][1],
-                                      green=servers[1][1]))
-    proc = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = start_haproxy(Path(tmp, "haproxy.cfg"), HAPROXY_CFG.format(
+        sock=sock, tcp=tcp, fe=fe, blue=servers[0][1], green=servers[1][1]))
     try:
         wait_for_port(fe)
         s = Stack(blue, green, sock, tcp, fe,
@@ -193,12 +189,7 @@ def stack() -> Iterator[Stack]:
         s.wait_status("green", "UP")
         yield s
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         for server, _ in servers:
             server.shutdown()
             server.server_close()
