@@ -246,9 +246,9 @@ class Room:
         waits for the rest of the interval and goes out with the others that came
         meanwhile, or as soon as CHAT_FLUSH_BATCH of them wait (a busy room's messages
         do not all wait out the interval). A message after a quiet spell still goes out
-        at once. A write costs
-        the kernel about as much for one small frame as for several, and a room of
-        hundreds pays it once per client per flush (docs/benchmarks.md).
+        at once. A write costs the kernel about as much for one small frame as for
+        several, and a room of hundreds pays it once per client per flush
+        (docs/benchmarks.md).
         """
         outbox = self.outbox
         outbox.append((seq, frame, ts))
@@ -434,7 +434,7 @@ class Room:
                     client.offer(frame, wire)
 
     def stop(self) -> None:
-        for t in (self._gap_task, self._presence_task):
+        for t in (self._gap_task, self._presence_task, self._timer):
             if t:
                 t.cancel()
 

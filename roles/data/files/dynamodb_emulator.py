@@ -48,15 +48,22 @@
 
 from __future__ import annotations
 
+import email.parser
+import gc
+import http.client
 import os
 import sys
 import threading
 import uuid
 from bisect import bisect_left, bisect_right
+from io import BytesIO
 from typing import Any
 
+from botocore.exceptions import ClientError
+from moto.core.request import Request
 from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import RESULT_SIZE_LIMIT, Table
+from moto.dynamodb.responses import DynamoHandler
 
 # moto refuses to build an Item larger than this (LimitedSizeDict, dynamo_type.py): no single
 # item can push a page over RESULT_SIZE_LIMIT unless the page already holds more than
@@ -306,8 +313,6 @@ def patch() -> None:
     global _patched
     if _patched:
         return
-    from moto.dynamodb.responses import DynamoHandler
-
     for name in _WRITES:
         setattr(DynamoHandler, name, _atomic(getattr(DynamoHandler, name)))
     Table.describe = _describe_with_id  # type: ignore[method-assign]
@@ -356,12 +361,6 @@ def dynamodb_call(method: str, path: str, headers: Any, body: bytes,
     process-wide lock on every request. Those were about two thirds of the emulator's CPU
     per call (py-spy): the same request object (moto's `Request`, as its Flask app builds
     it), the same handler, the same answer."""
-    from io import BytesIO
-
-    from botocore.exceptions import ClientError
-    from moto.core.request import Request
-    from moto.dynamodb.responses import DynamoHandler
-
     target, _, query = path.partition("?")
     environ: dict[str, Any] = {
         "REQUEST_METHOD": method, "SCRIPT_NAME": "", "PATH_INFO": target or "/",
@@ -466,9 +465,6 @@ def _fast_parse_headers(fp: Any, _class: Any = None) -> Any:
     """http.client.parse_headers without the email package's feed parser for the plain
     case (one `Name: value` per line): the same HTTPMessage, a sixth of the emulator's CPU
     per call less. Folded or malformed lines go to the email parser as before."""
-    import email.parser
-    import http.client
-
     cls = _class or http.client.HTTPMessage
     lines = http.client._read_headers(fp)  # type: ignore[attr-defined]
     msg = cls()
@@ -486,7 +482,6 @@ def _fast_parse_headers(fp: Any, _class: Any = None) -> Any:
 def speed_up_server() -> None:
     """What the server spends per request that moto recomputes needlessly (see 5.)."""
     import functools
-    import http.client
 
     import moto.core.responses
 
@@ -497,8 +492,6 @@ def speed_up_server() -> None:
 
 
 def _freeze_after_full_collection(phase: str, info: dict[str, Any]) -> None:
-    import gc
-
     if phase == "stop" and info.get("generation") == 2:
         gc.freeze()
 
@@ -512,8 +505,6 @@ def bound_gc_pauses() -> None:
     since. Items are freed by reference counting when replaced or deleted; what is
     frozen and later left in a reference cycle stays allocated: a fair price for a
     local emulator."""
-    import gc
-
     gc.callbacks.append(_freeze_after_full_collection)
 
 
