@@ -17,10 +17,10 @@ short_description: Authorization header for a signed, single-use call to the cha
 version_added: 0.1.0
 description:
   - Returns C(Canary-HMAC-SHA256 t=<unix seconds>,n=<nonce>,s=<signature>), where the
-    signature is the hex HMAC-SHA256, keyed with the admin token, of
-    C(METHOD \\n PATH \\n t \\n n \\n hex SHA-256 of the body).
+    signature is the hex HMAC-SHA256, keyed with the admin token, of the method (upper case),
+    the path, t, n and the hex SHA-256 of the body, joined by newlines.
   - The chat accepts it within C(CHAT_ADMIN_SKEW_SECONDS) (60 by default) of its clock, and
-    only once: the header is no replayable credential, unlike C(Bearer <token>).
+    only once, so the header is no replayable credential, unlike C(Bearer <token>).
   - Send the body byte for byte as signed, that is as the same string with
     C(body_format=raw); a body that Ansible serialises itself may differ.
 options:
