@@ -179,7 +179,8 @@ def test_signed_calls_are_refused_503_while_redis_is_down(chat_stack: ChatStack,
 def test_deploy_role_admin_and_event_tasks_send_calls_the_chat_accepts(
         pair, tmp_path: Path) -> None:
     """roles/deploy/tasks/admin.yml and event.yml, run by ansible-playbook against the
-    signed-only instance: the filter's header and the raw body the chat receives agree."""
+    signed-only instance: the filter's header and the raw body the chat receives agree; an
+    event that cannot be signed does not fail the play; the token is never printed."""
     _, green = pair
     playbook = tmp_path / "admin.yml"
     playbook.write_text(f"""
@@ -208,13 +209,24 @@ def test_deploy_role_admin_and_event_tasks_send_calls_the_chat_accepts(
           weights: {{blue: 50, green: 50}}
           gates: {{}}
           message: "signed by the role: caf\\u00e9 \\"quoted\\" {{{{ 1 + 1 }}}}"
+    - name: An event that cannot be signed is reported, and the play goes on
+      ansible.builtin.include_role:
+        name: canarychat.platform.deploy
+        tasks_from: event
+      vars:
+        __deploy_admin_token: ""
+        __deploy_event: {{action: step, ok: true, weights: {{}}, gates: {{}}, message: lost}}
 """)
     proc = subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "-vvv",
          "-e", f"ansible_python_interpreter={VENV_BIN / 'python'}", str(playbook)],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "deploy board event not recorded" not in proc.stdout, proc.stdout[-3000:]
+    # the board events: the first recorded, the unsignable one reported and skipped
+    assert proc.stdout.count("deploy board event not recorded") == 1, proc.stdout[-3000:]
+    assert "admin_signature: the token is empty" in proc.stdout
+    assert "Canary-HMAC-SHA256 t=" in proc.stdout  # -vvv shows the header sent ...
+    assert ADMIN_TOKEN not in proc.stdout + proc.stderr  # ... and never the token
     event = green.get_json("/api/stats")["events"][0]
     assert event["message"] == 'signed by the role: caf\u00e9 "quoted" 2'
     assert event["weights"] == {"blue": 50, "green": 50}
