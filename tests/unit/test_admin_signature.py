@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from ansible.errors import AnsibleFilterError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chat import adminauth
 from chat.config import Config
@@ -161,3 +163,25 @@ def test_config_knobs() -> None:
         Config.from_env({"CHAT_ADMIN_BEARER": "maybe"})
     with pytest.raises(ValueError):
         Config.from_env({"CHAT_ADMIN_SKEW_SECONDS": "0"})
+
+
+# Any header text, including what Sanic makes of non-UTF-8 bytes (surrogateescape), is either
+# a valid signature or a SignatureError: never another exception (a 500 in the chat).
+_header_text = st.one_of(
+    st.text(),
+    st.binary().map(lambda b: b.decode("utf-8", "surrogateescape")),
+    st.builds(lambda t, n, s, tail: f"Canary-HMAC-SHA256 t={t},n={n},s={s}{tail}",
+              st.text(max_size=14), st.text(max_size=70), st.text(max_size=70),
+              st.text(max_size=3)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(header=_header_text)
+def test_verify_raises_only_signature_errors(header: str) -> None:
+    try:
+        adminauth.verify(TOKEN, header, METHOD, PATH, BODY.encode(), skew=60, now=T)
+    except adminauth.SignatureError as e:
+        assert e.reason in ("malformed", "stale timestamp", "bad signature")
+    else:
+        raise AssertionError(f"accepted a header it did not sign: {header!r}")
