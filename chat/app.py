@@ -27,7 +27,7 @@ from sanic.response import HTTPResponse, file, text
 from sanic.response import json as json_response
 from websockets.exceptions import ConnectionClosed
 
-from . import protocol, wsfix, wslean
+from . import adminauth, protocol, wsfix, wslean
 from .bus import BusErrors, RoomBus
 from .config import Config
 from .metrics import Metrics
@@ -345,15 +345,42 @@ def create_app(config: Config) -> Sanic:
 
     # --- admin ---
 
-    def _admin_check(request: Request) -> HTTPResponse | None:
-        if not config.admin_token:
+    async def _admin_check(request: Request) -> HTTPResponse | None:
+        """None when the call may proceed, else the answer (404, 401 or 503).
+
+        Signed calls (chat/adminauth.py) everywhere; `Bearer <token>` too unless
+        CHAT_ADMIN_BEARER=0. Header bytes that are not UTF-8 reach us as surrogates
+        (surrogateescape): they are compared as the bytes they were, never a 500.
+        """
+        token = config.admin_token
+        if not token:
             return _problem(404, "admin API disabled (CHAT_ADMIN_TOKEN unset)")
         header = request.headers.get("authorization", "")
+        if adminauth.is_signed(header):
+            try:
+                signed = adminauth.verify(token, header, request.method, request.path,
+                                          request.body or b"", skew=config.admin_skew)
+            except adminauth.SignatureError as e:
+                return _unauthorized(adminauth.SCHEME, e.reason)
+            try:
+                fresh = await bus.claim_admin_nonce(signed.nonce,
+                                                    adminauth.nonce_ttl(config.admin_skew))
+            except BusErrors:
+                # no way to tell a replay from a first call: refuse rather than risk it
+                return _problem(503, "redis unavailable: cannot check the nonce")
+            return None if fresh else _unauthorized(adminauth.SCHEME, "replayed")
+        if not config.admin_bearer:
+            return _unauthorized(adminauth.SCHEME, "signed request required")
         given = header[7:] if header[:7].lower() == "bearer " else ""
-        if not hmac.compare_digest(given.encode(), config.admin_token.encode()):
-            return json_response({"error": "unauthorized"}, status=401,
-                                 headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                   token.encode("utf-8", "surrogateescape")):
+            return _unauthorized("Bearer")
         return None
+
+    def _unauthorized(scheme: str, reason: str | None = None) -> HTTPResponse:
+        body = {"error": "unauthorized"} if reason is None else {
+            "error": "unauthorized", "reason": reason}
+        return json_response(body, status=401, headers={"WWW-Authenticate": scheme})
 
     def _body(request: Request) -> dict[str, Any] | None:
         try:
@@ -363,7 +390,7 @@ def create_app(config: Config) -> Sanic:
         return body if isinstance(body, dict) else None
 
     async def _color_command(request: Request, cmd: str) -> HTTPResponse:
-        denied = _admin_check(request)
+        denied = await _admin_check(request)
         if denied:
             return denied
         body = _body(request)
@@ -393,7 +420,7 @@ def create_app(config: Config) -> Sanic:
 
     @app.post("/api/admin/deploy-event")
     async def admin_deploy_event(request: Request) -> HTTPResponse:
-        denied = _admin_check(request)
+        denied = await _admin_check(request)
         if denied:
             return denied
         body = _body(request)

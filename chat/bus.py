@@ -13,6 +13,7 @@ Keys and channels:
   chat:stats:instances        set of instance ids that wrote stats
   chat:deploy:weights         string (JSON): the last configured weights
   chat:deploy:events          list (JSON, newest first, 50 kept): deploy events
+  chat:admin:nonce:<nonce>    string, expires: a signed admin call's nonce, already used
 """
 
 from __future__ import annotations
@@ -148,6 +149,14 @@ class RoomBus:
 
     async def publish_control(self, command: dict[str, Any]) -> int:
         return int(await self.redis.publish(CONTROL_CHANNEL, json.dumps(command)))
+
+    async def claim_admin_nonce(self, nonce: str, ttl: int) -> bool:
+        """True the first time any instance claims `nonce` within `ttl` seconds (SET NX EX).
+
+        A retried SET whose first attempt reached Redis answers False: a refused call, never
+        an accepted replay.
+        """
+        return bool(await self.redis.set(f"chat:admin:nonce:{nonce}", "1", nx=True, ex=ttl))
 
     # --- presence ---
 

@@ -20,6 +20,17 @@ def _int(env: Mapping[str, str], key: str, default: int) -> int:
     return int(raw) if raw.strip() else default
 
 
+def _flag(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{key} must be 1 or 0")
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
 
@@ -33,6 +44,9 @@ class Config:
     AWS_REGION [ap-northeast-2], AWS_ENDPOINT_URL_DYNAMODB [unset: real DynamoDB],
     CHAT_TABLE_MESSAGES [messages], CHAT_TABLE_CONNECTIONS [connections],
     CHAT_TABLE_USER_COUNTER [user-counter], CHAT_ADMIN_TOKEN [unset: admin API off],
+    CHAT_ADMIN_BEARER [1: `Bearer <token>` accepted besides signed calls; 0: signed only],
+    CHAT_ADMIN_SKEW_SECONDS [60: a signed admin call's timestamp may differ this much from
+    the clock] (chat/adminauth.py),
     CHAT_FAULT_RATE [0], CHAT_DRAIN_SECONDS [10], CHAT_STATIC_DIR [unset],
     CHAT_ALLOWED_ORIGINS [unset: same origin only; `*` allows any; else a comma list],
     CHAT_SEND_QUEUE [1000 frames per connection],
@@ -63,6 +77,10 @@ class Config:
     table_connections: str = "connections"
     table_user_counter: str = "user-counter"
     admin_token: str | None = None
+    # `Authorization: Bearer <token>` accepted (besides Canary-HMAC-SHA256 signed calls)
+    admin_bearer: bool = True
+    # seconds a signed admin call's timestamp may be off the server clock either way
+    admin_skew: float = 60.0
     fault_rate: float = 0.0
     drain_seconds: float = 10.0
     static_dir: str | None = None
@@ -94,6 +112,8 @@ class Config:
             raise ValueError("CHAT_COLOR must be 1-16 of a-z, 0-9, - (e.g. blue, green)")
         if not 0.0 <= self.fault_rate <= 1.0:
             raise ValueError("CHAT_FAULT_RATE must be between 0 and 1")
+        if not 1.0 <= self.admin_skew <= 3600.0:
+            raise ValueError("CHAT_ADMIN_SKEW_SECONDS must be between 1 and 3600")
         if self.dynamodb_client not in ("ddb", "botocore"):
             raise ValueError("CHAT_DYNAMODB_CLIENT must be ddb or botocore")
         if self.seq_batch < 0:
@@ -122,6 +142,8 @@ class Config:
             table_connections=env.get("CHAT_TABLE_CONNECTIONS", "connections"),
             table_user_counter=env.get("CHAT_TABLE_USER_COUNTER", "user-counter"),
             admin_token=env.get("CHAT_ADMIN_TOKEN") or None,
+            admin_bearer=_flag(env, "CHAT_ADMIN_BEARER", True),
+            admin_skew=_float(env, "CHAT_ADMIN_SKEW_SECONDS", 60.0),
             fault_rate=_float(env, "CHAT_FAULT_RATE", 0.0),
             drain_seconds=_float(env, "CHAT_DRAIN_SECONDS", 10.0),
             static_dir=env.get("CHAT_STATIC_DIR") or None,
