@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from typing import Any
 
 import boto3
 import pytest
@@ -107,7 +108,7 @@ async def test_join_in_flight_at_sigterm_gets_migrate_then_1012(chat_stack: Chat
         await proxy.stop()
 
 
-def _elbv2(url: str):  # noqa: ANN202
+def _elbv2(url: str) -> Any:
     return boto3.client("elbv2", endpoint_url=url, region_name="ap-northeast-2")
 
 
