@@ -49,6 +49,9 @@ REQUEST_BUDGET_BYTES = 256 * 1024
 LATENCY_MIN_MS = 0.01
 LATENCY_MAX_MS = 3_600_000.0  # an hour: a send never waits that long
 
+# One put: 2 s to connect, 5 s to answer, one attempt; the whole flush at most PUT_SECONDS.
+PUT_SECONDS = 8.0
+
 
 def bucket_ms(ms: float) -> float:
     """The latency bucket a sample of `ms` milliseconds is counted in (2 significant digits)."""
@@ -197,8 +200,8 @@ class Publisher:
         from aiobotocore.config import AioConfig
         from aiobotocore.session import get_session
         # Endpoint: botocore's own resolution (AWS_ENDPOINT_URL_CLOUDWATCH, AWS_ENDPOINT_URL,
-        # else the regional endpoint); one attempt per put, a put never outlives its interval.
-        config = AioConfig(connect_timeout=2, read_timeout=min(5.0, self.interval),
+        # else the regional endpoint); one attempt per put.
+        config = AioConfig(connect_timeout=2, read_timeout=5,
                            retries={"max_attempts": 1, "mode": "standard"})
         self._client = await self._stack.enter_async_context(get_session().create_client(
             "cloudwatch", region_name=self.region, config=config))
@@ -222,13 +225,16 @@ class Publisher:
         self._client = None
 
     async def _run(self) -> None:
+        # Batches on a fixed beat. A put slower than the interval delays the next batch (which
+        # then carries everything since this one: nothing is lost, one datapoint is larger);
+        # a put that fails or outlasts PUT_SECONDS drops its own batch only.
         loop = asyncio.get_running_loop()
         next_at = loop.time() + self.interval
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
-            next_at += self.interval
+            next_at = max(next_at + self.interval, loop.time())
             try:
-                await asyncio.wait_for(self.flush(), self.interval)
+                await asyncio.wait_for(self.flush(), PUT_SECONDS)
             except TimeoutError:
                 self.puts_failed += 1
                 log.warning("cloudwatch_put_failed", extra={
