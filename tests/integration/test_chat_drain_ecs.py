@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 import pytest
@@ -112,18 +113,55 @@ def _elbv2(url: str) -> Any:
     return boto3.client("elbv2", endpoint_url=url, region_name="ap-northeast-2")
 
 
+class TaskMetadata:
+    """Stands in for the ECS agent's task metadata endpoint v4 (not runnable here): answers
+    GET /task with a task document whose container has the IPv4 address 127.0.0.1."""
+
+    DOC: ClassVar[dict[str, Any]] = {
+        "Cluster": "c", "TaskARN": "arn:aws:ecs:ap-northeast-2:123456789012:task/c/t1",
+        "Containers": [{"Name": "chat", "Networks": [{
+            "NetworkMode": "awsvpc", "IPv4Addresses": ["127.0.0.1"]}]}]}
+
+    async def start(self) -> str:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            request = await reader.readuntil(b"\r\n\r\n")
+            path = request.split(b" ", 2)[1]
+            body = json.dumps(self.DOC).encode() if path == b"/v4/abc/task" else b"{}"
+            status = b"200 OK" if path == b"/v4/abc/task" else b"404 Not Found"
+            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode()
+                         + b"\r\nConnection: close\r\n\r\n" + body)
+            await writer.drain()
+            writer.close()
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v4/abc"
+
+    async def stop(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+@pytest.mark.parametrize("own_address", ["CHAT_TARGET_ID", "task metadata"])
 async def test_deregistered_target_drains_before_sigterm(chat_stack: ChatStack,
-                                                         moto_server: Service):
+                                                         moto_server: Service,
+                                                         own_address: str):
     elb = _elbv2(moto_server.url)
     ec2 = boto3.client("ec2", endpoint_url=moto_server.url, region_name="ap-northeast-2")
     vpc = ec2.create_vpc(CidrBlock="10.90.0.0/16")["Vpc"]["VpcId"]
     tg = elb.create_target_group(Name="tw-" + uuid.uuid4().hex[:8], Protocol="HTTP", Port=80,
                                  VpcId=vpc, TargetType="ip")["TargetGroups"][0]
     arn = tg["TargetGroupArn"]
-    green = chat_stack.start("green", env={
-        "CHAT_TARGET_GROUP_ARNS": arn, "CHAT_TARGET_ID": "127.0.0.1",
-        "CHAT_TARGET_POLL_SECONDS": "0.5", "CHAT_DRAIN_SECONDS": "3",
-        "AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2": moto_server.url})
+    env = {"CHAT_TARGET_GROUP_ARNS": arn, "CHAT_TARGET_POLL_SECONDS": "0.5",
+           "CHAT_DRAIN_SECONDS": "3",
+           "AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2": moto_server.url}
+    metadata = TaskMetadata()
+    if own_address == "CHAT_TARGET_ID":
+        env["CHAT_TARGET_ID"] = "127.0.0.1"
+    else:
+        env["ECS_CONTAINER_METADATA_URI_V4"] = await metadata.start()
+    # in a thread: the metadata stand-in lives in this event loop
+    green = await asyncio.to_thread(chat_stack.start, "green", env=env)
     try:
         target = [{"Id": "127.0.0.1", "Port": green.port}]
         elb.register_targets(TargetGroupArn=arn, Targets=target)
@@ -145,5 +183,8 @@ async def test_deregistered_target_drains_before_sigterm(chat_stack: ChatStack,
         assert green.get("/readyz")[0] == 503
         logs = green.logs()
         assert '"target_deregistered"' in logs and '"reason": "deregistered"' in logs
+        assert '"event": "targetwatch_start", "target": "127.0.0.1"' in logs
     finally:
         green.stop()
+        if own_address != "CHAT_TARGET_ID":
+            await metadata.stop()
