@@ -78,10 +78,11 @@ class TokenBucket:
 class Drainer:
     """Turns the instance not-ready and moves its clients away (migrate, then 1012).
 
-    A join still in flight when the drain starts (handshake done, not yet live) is not
-    among the clients the drain found: `joining` counts such joins, the drain waits for
-    them (bounded by JOIN_GRACE_SECONDS after the window), and `admit()` tells each one to
-    migrate as soon as it is live, closing it with 1012 if the drain is already closing.
+    A join still in flight when the drain starts (handshake done, not yet live) must not
+    get `migrate` before its `history`, nor be cut by the shutdown: `joining` counts such
+    joins, the drain waits for them (bounded by JOIN_GRACE_SECONDS after the window), and
+    `admit()` tells each one to migrate as soon as it is live, closing it with 1012 if the
+    drain is already closing.
     """
 
     JOIN_GRACE_SECONDS = 5.0  # after the window, how long joins in flight may still land
@@ -151,14 +152,15 @@ class Drainer:
             if delay > 0:
                 await asyncio.sleep(delay)
             client = clients[i]
-            if not client.closed and not client.migrated:
+            # a client still joining (no history yet) is asked by admit() once live
+            if not client.closed and not client.migrated and client.buffer is None:
                 client.migrated = True
                 client.offer(protocol.MIGRATE_FRAME)
         while (time.monotonic() - start < window  # noqa: ASYNC110
                and (self.rooms.clients() or self.joining)):
             await asyncio.sleep(0.05)  # clients leave on their own; poll cheaply
         self.closing = True
-        rest = self.rooms.clients()
+        rest = [c for c in self.rooms.clients() if c.buffer is None]  # joining: admit()
         for client in rest:
             if not client.migrated:
                 client.migrated = True

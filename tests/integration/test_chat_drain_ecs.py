@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 
 import boto3
 import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
 
 from tests.chatstack import ChatClient, ChatInstance, ChatStack
 from tests.conftest import Service
@@ -31,8 +33,9 @@ class HoldingProxy:
     """A TCP forwarder in the test's event loop whose client-to-server direction can be held:
     while `held`, requests to the DynamoDB endpoint wait (a slow store), answers still flow."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, only: bytes = b"") -> None:
         self.target_port = target_port
+        self.only = only  # hold only chunks containing this (b"": every chunk)
         self.flowing = asyncio.Event()
         self.flowing.set()
         self.server: asyncio.Server | None = None
@@ -58,7 +61,7 @@ class HoldingProxy:
         async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, held: bool) -> None:
             try:
                 while data := await r.read(65536):
-                    if held:
+                    if held and self.only in data:
                         await self.flowing.wait()
                     w.write(data)
                     await w.drain()
@@ -103,6 +106,37 @@ async def test_join_in_flight_at_sigterm_gets_migrate_then_1012(chat_stack: Chat
         assert await client.closed(within=15) == 1012
         assert await asyncio.to_thread(green.wait, 30) == 0
         assert '"joining": 1' in green.logs()  # the drain saw the join in flight
+    finally:
+        proxy.release()
+        green.stop()
+        await proxy.stop()
+
+
+async def test_join_waiting_for_history_at_sigterm_gets_history_then_migrate(
+        chat_stack: ChatStack, moto_server: Service):
+    # hold only the history's Query: the join has sent `welcome` and is in its room
+    proxy = HoldingProxy(moto_server.port, only=b"DynamoDB_20120810.Query")
+    await proxy.start()
+    green = await asyncio.to_thread(chat_stack.start, "green", env={
+        "AWS_ENDPOINT_URL_DYNAMODB": f"http://127.0.0.1:{proxy.port}",
+        "CHAT_DRAIN_SECONDS": "2"})
+    try:
+        proxy.hold()
+        room = "jh-" + uuid.uuid4().hex[:6]
+        ws = await websockets.connect(green.ws_url(room, "slow"), open_timeout=10)
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert welcome["type"] == "welcome"
+        green.terminate()  # the drain starts while the history is being read
+        await asyncio.sleep(2.5)  # past the whole drain window
+        proxy.release()
+        kinds = []
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in ws:
+                kinds.append(json.loads(raw)["type"])
+        assert kinds[0] == "history", kinds  # never a migrate before the history
+        assert "migrate" in kinds, kinds
+        assert ws.close_code == 1012
+        assert await asyncio.to_thread(green.wait, 30) == 0
     finally:
         proxy.release()
         green.stop()
