@@ -58,7 +58,8 @@ class Config:
     0: every message at once], CHAT_FLUSH_MEMBERS [200], CHAT_FLUSH_BATCH [8: such a room
     flushes before the interval ends once this many messages wait],
     CHAT_CLOUDWATCH [0: publish nothing; 1: per-color metrics to CloudWatch, chat/cloudwatch.py],
-    CHAT_CLOUDWATCH_NAMESPACE [CanaryChat; setting it also turns publishing on],
+    CHAT_CLOUDWATCH_NAMESPACE [CanaryChat; with CHAT_CLOUDWATCH unset, setting it turns
+    publishing on],
     CHAT_CLOUDWATCH_INTERVAL [10 s between PutMetricData batches; 1-60],
     CHAT_TARGET_GROUP_ARNS [unset: no watcher; a comma list: drain when this task's target
     turns draining in one of them, chat/targetwatch.py], CHAT_TARGET_ID [unset: the task's IP
@@ -171,8 +172,9 @@ class Config:
             flush_interval=_float(env, "CHAT_FLUSH_INTERVAL", 0.1),
             flush_members=_int(env, "CHAT_FLUSH_MEMBERS", 200),
             flush_batch=_int(env, "CHAT_FLUSH_BATCH", 8),
-            cloudwatch=_flag(env.get("CHAT_CLOUDWATCH", ""))
-            or bool(env.get("CHAT_CLOUDWATCH_NAMESPACE", "").strip()),
+            # CHAT_CLOUDWATCH decides when set; unset, a namespace alone turns it on
+            cloudwatch=_flag(env["CHAT_CLOUDWATCH"]) if env.get("CHAT_CLOUDWATCH", "").strip()
+            else bool(env.get("CHAT_CLOUDWATCH_NAMESPACE", "").strip()),
             cloudwatch_namespace=env.get("CHAT_CLOUDWATCH_NAMESPACE", "").strip() or "CanaryChat",
             cloudwatch_interval=_float(env, "CHAT_CLOUDWATCH_INTERVAL", 10.0),
             target_group_arns=_list(env.get("CHAT_TARGET_GROUP_ARNS", "")),

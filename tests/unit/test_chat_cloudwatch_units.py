@@ -160,6 +160,8 @@ def test_publishing_is_off_unless_configured():
     assert on.cloudwatch_interval == 10.0
     named = Config.from_env({"CHAT_CLOUDWATCH_NAMESPACE": "Other"})
     assert named.cloudwatch and named.cloudwatch_namespace == "Other"
+    assert not Config.from_env({"CHAT_CLOUDWATCH_NAMESPACE": "Other",
+                                "CHAT_CLOUDWATCH": "0"}).cloudwatch  # an explicit 0 wins
     with pytest.raises(ValueError, match="INTERVAL"):
         Config.from_env({"CHAT_CLOUDWATCH_INTERVAL": "0.5"})
     with pytest.raises(ValueError, match="AWS/"):
