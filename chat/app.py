@@ -29,12 +29,14 @@ from websockets.exceptions import ConnectionClosed
 
 from . import adminauth, protocol, wsfix, wslean
 from .bus import BusErrors, RoomBus
+from .cloudwatch import Publisher
 from .config import Config
 from .metrics import Metrics
 from .protocol import ErrorCode, ProtocolError
 from .rooms import Client, Rooms
 from .stats import BoardStats, aggregate
 from .store import MessageStore, StoreUnavailable
+from .targetwatch import TargetWatcher
 from .wslean import LeanWebsocket, Pinger
 
 log = logging.getLogger("chat")
@@ -74,13 +76,38 @@ class TokenBucket:
 
 
 class Drainer:
-    """Turns the instance not-ready and moves its clients away (migrate, then 1012)."""
+    """Turns the instance not-ready and moves its clients away (migrate, then 1012).
+
+    A join still in flight when the drain starts (handshake done, not yet live) must not
+    get `migrate` before its `history`, nor be cut by the shutdown: `joining` counts such
+    joins, the drain waits for them (bounded by JOIN_GRACE_SECONDS after the window), and
+    `admit()` tells each one to migrate as soon as it is live, closing it with 1012 if the
+    drain is already closing.
+    """
+
+    JOIN_GRACE_SECONDS = 5.0  # after the window, how long joins in flight may still land
 
     def __init__(self, config: Config, rooms: Rooms, metrics: Metrics) -> None:
         self.config, self.rooms, self.metrics = config, rooms, metrics
         self.draining = False
+        self.closing = False  # the window is over: the rest are being closed with 1012
+        self.joining = 0  # WebSocket joins between handshake and live
         self.reason = ""
         self.task: asyncio.Task[None] | None = None
+        self._late: set[asyncio.Task[None]] = set()
+
+    def admit(self, client: Client) -> None:
+        """A client that went live while the instance drains: migrate it now."""
+        if not self.draining or client.closed:
+            return
+        if not client.migrated:
+            client.migrated = True
+            client.offer(protocol.MIGRATE_FRAME)
+        if self.closing:
+            task = asyncio.create_task(client.close(protocol.CLOSE_GOING_AWAY,
+                                                    "service restart"))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
 
     def start(self, reason: str) -> None:
         if self.draining:
@@ -89,9 +116,11 @@ class Drainer:
             return
         self.reason = reason
         self.draining = True
+        self.closing = False
         self.metrics.draining.set(1)
         log.info("drain_start", extra={"event": "drain_start", "reason": reason,
                                        "clients": len(self.rooms.clients()),
+                                       "joining": self.joining,
                                        "window_s": self.config.drain_seconds})
         self.task = asyncio.create_task(self._run(), name="drain")
 
@@ -123,19 +152,31 @@ class Drainer:
             if delay > 0:
                 await asyncio.sleep(delay)
             client = clients[i]
-            if not client.closed and not client.migrated:
+            # a client still joining (no history yet) is asked by admit() once live
+            if not client.closed and not client.migrated and client.buffer is None:
                 client.migrated = True
                 client.offer(protocol.MIGRATE_FRAME)
-        while time.monotonic() - start < window and self.rooms.clients():  # noqa: ASYNC110
+        while (time.monotonic() - start < window  # noqa: ASYNC110
+               and (self.rooms.clients() or self.joining)):
             await asyncio.sleep(0.05)  # clients leave on their own; poll cheaply
-        rest = self.rooms.clients()
+        self.closing = True
+        rest = [c for c in self.rooms.clients() if c.buffer is None]  # joining: admit()
         for client in rest:
             if not client.migrated:
                 client.migrated = True
                 client.offer(protocol.MIGRATE_FRAME)
         await asyncio.gather(*(c.close(protocol.CLOSE_GOING_AWAY, "service restart")
                                for c in rest), return_exceptions=True)
+        # Joins still in flight go live (admit: migrate, 1012) or fail; wait for them,
+        # bounded, so a SIGTERM's shutdown does not close them with 1001 half-way.
+        grace = time.monotonic() + self.JOIN_GRACE_SECONDS
+        while self.joining and time.monotonic() < grace:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        late = len(self._late)
+        if self._late:
+            await asyncio.gather(*self._late, return_exceptions=True)
         log.info("drain_done", extra={"event": "drain_done", "closed_1012": len(rest),
+                                      "joins_closed_1012": late, "joining": self.joining,
                                       "seconds": round(time.monotonic() - start, 2)})
 
 
@@ -183,6 +224,15 @@ def create_app(config: Config) -> Sanic:
     drainer = Drainer(config, rooms, metrics)
     app.ctx.rooms = rooms
     app.ctx.drainer = drainer
+    cloudwatch = Publisher(color=config.color, namespace=config.cloudwatch_namespace,
+                           interval=config.cloudwatch_interval, region=config.aws_region,
+                           enabled=config.cloudwatch,
+                           connections=lambda: metrics.connections.value)
+    app.ctx.cloudwatch = cloudwatch
+    target_watcher = TargetWatcher(
+        arns=config.target_group_arns, target_id=config.target_id,
+        port=config.target_port or config.port, interval=config.target_poll,
+        region=config.aws_region, on_deregistered=lambda: drainer.start("deregistered"))
 
     def on_control(cmd: dict[str, Any]) -> None:
         if cmd.get("color") != config.color:
@@ -220,6 +270,8 @@ def create_app(config: Config) -> Sanic:
         await bus.start()
         background.append(asyncio.create_task(stats_loop(), name="stats"))
         pinger.start()
+        await cloudwatch.start()
+        await target_watcher.start()
         # The interpreter, Sanic, aiohttp, redis and botocore's models: a few hundred
         # thousand objects that live as long as the process. Out of the cyclic GC's way,
         # every full collection (a pause of the event loop) walks only what came after.
@@ -230,6 +282,7 @@ def create_app(config: Config) -> Sanic:
 
     @app.before_server_stop
     async def _drain_on_stop(app: Sanic) -> None:
+        await target_watcher.stop()
         drainer.start("shutdown")
         await drainer.wait()
 
@@ -240,6 +293,7 @@ def create_app(config: Config) -> Sanic:
             t.cancel()
         if _background:  # the last connections' cleanups still need Redis and DynamoDB
             await asyncio.wait(list(_background), timeout=STOP_CLEANUP_SECONDS)
+        await cloudwatch.stop()  # the last partial interval, closes included
         await bus.close()
         await store.close()
         log.info("server_stop", extra={"event": "server_stop"})
@@ -487,6 +541,9 @@ async def serve_client(app: Sanic, request: Request, ws: Any) -> None:
     client: Client | None = None
     connection_id: str | None = None
     live = False
+    drainer: Drainer = ctx.drainer
+    drainer.joining += 1
+    joining = True
     try:
         try:
             user_id = await store.next_user_id()
@@ -520,6 +577,9 @@ async def serve_client(app: Sanic, request: Request, ws: Any) -> None:
         del history
         room.go_live(client, last)
         live = True
+        drainer.joining -= 1
+        joining = False
+        drainer.admit(client)  # a drain that started while this join was in flight
         log.info("ws_open", extra={"event": "ws_open", "user_id": user_id, "room": join.room,
                                    "since": join.since, "history": n_history})
         _spawn(_announce(bus, client))  # Redis may be slow or down: never hold the join
@@ -534,7 +594,10 @@ async def serve_client(app: Sanic, request: Request, ws: Any) -> None:
     except (ConnectionClosed, asyncio.CancelledError):
         pass
     finally:
+        if joining:
+            drainer.joining -= 1
         metrics.connections.inc(-1)
+        ctx.cloudwatch.closed(ws, client.migrated if client is not None else False)
         if client is not None:
             rooms.leave(client)
             await client.stop()
@@ -616,6 +679,7 @@ class _Reader:
         if self.sends is None:
             self.sends = deque()
         if len(self.sends) >= SENDS_WAITING_MAX:
+            self.app.ctx.cloudwatch.send_error()
             self.error(ErrorCode.UNAVAILABLE,
                        "too many sends waiting for storage; retry with the same client_id")
             return
@@ -683,6 +747,7 @@ async def _handle_send(app: Sanic, client: Client, frame: protocol.SendFrame,
     if config.fault_rate and random.random() < config.fault_rate:
         metrics.sends.inc("error")
         ctx.board.failure()
+        ctx.cloudwatch.send_error()
         error(ErrorCode.UNAVAILABLE, "injected fault (CHAT_FAULT_RATE); retry")
         return
     try:
@@ -695,6 +760,7 @@ async def _handle_send(app: Sanic, client: Client, frame: protocol.SendFrame,
         log.warning("store_failed", extra={"event": "store_failed", "error": str(e)})
         metrics.sends.inc("error")
         ctx.board.failure()
+        ctx.cloudwatch.send_error()
         error(ErrorCode.UNAVAILABLE, "storage unavailable; retry with the same client_id")
         return
     client.offer(protocol.ack_frame(frame.client_id, result.seq))
@@ -702,6 +768,7 @@ async def _handle_send(app: Sanic, client: Client, frame: protocol.SendFrame,
     metrics.sends.inc("ok")
     metrics.ack_latency.observe(latency)
     ctx.board.ack(latency)
+    ctx.cloudwatch.ack(latency)
     if result.frame is None:
         return  # a retry of a stored message: never delivered twice
     encoded = protocol.encode(result.frame)

@@ -31,6 +31,10 @@ def _flag(env: Mapping[str, str], key: str, default: bool) -> bool:
     raise ValueError(f"{key} must be 1 or 0")
 
 
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in raw.split(",") if x.strip())
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
 
@@ -62,7 +66,15 @@ class Config:
     CHAT_FLUSH_INTERVAL [0.1 s: a room with CHAT_FLUSH_MEMBERS or more clients on this
     instance writes its messages to them at most once per interval, several per write;
     0: every message at once], CHAT_FLUSH_MEMBERS [200], CHAT_FLUSH_BATCH [8: such a room
-    flushes before the interval ends once this many messages wait].
+    flushes before the interval ends once this many messages wait],
+    CHAT_CLOUDWATCH [0: publish nothing; 1: per-color metrics to CloudWatch, chat/cloudwatch.py],
+    CHAT_CLOUDWATCH_NAMESPACE [CanaryChat; with CHAT_CLOUDWATCH unset, setting it turns
+    publishing on],
+    CHAT_CLOUDWATCH_INTERVAL [10 s between PutMetricData batches; 1-60],
+    CHAT_TARGET_GROUP_ARNS [unset: no watcher; a comma list: drain when this task's target
+    turns draining in one of them, chat/targetwatch.py], CHAT_TARGET_ID [unset: the task's IP
+    from ECS_CONTAINER_METADATA_URI_V4], CHAT_TARGET_PORT [CHAT_PORT],
+    CHAT_TARGET_POLL_SECONDS [5].
     """
 
     host: str = "127.0.0.1"
@@ -103,6 +115,15 @@ class Config:
     flush_interval: float = 0.1
     flush_members: int = 200
     flush_batch: int = 8
+    # per-color CloudWatch metrics (chat/cloudwatch.py): off unless asked for
+    cloudwatch: bool = False
+    cloudwatch_namespace: str = "CanaryChat"
+    cloudwatch_interval: float = 10.0
+    # drain when the own ALB target deregisters (chat/targetwatch.py): off without ARNs
+    target_group_arns: tuple[str, ...] = field(default_factory=tuple)
+    target_id: str | None = None
+    target_port: int = 0  # 0: the listen port
+    target_poll: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.instance_id:
@@ -124,6 +145,12 @@ class Config:
             raise ValueError("CHAT_FLUSH_MEMBERS must be 1 or more")
         if self.flush_batch < 2:
             raise ValueError("CHAT_FLUSH_BATCH must be 2 or more")
+        if not 1.0 <= self.cloudwatch_interval <= 60.0:
+            raise ValueError("CHAT_CLOUDWATCH_INTERVAL must be between 1 and 60 seconds")
+        if not self.cloudwatch_namespace or self.cloudwatch_namespace.startswith("AWS/"):
+            raise ValueError("CHAT_CLOUDWATCH_NAMESPACE must be set and not start with AWS/")
+        if self.target_poll <= 0:
+            raise ValueError("CHAT_TARGET_POLL_SECONDS must be more than 0")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -163,6 +190,15 @@ class Config:
             flush_interval=_float(env, "CHAT_FLUSH_INTERVAL", 0.1),
             flush_members=_int(env, "CHAT_FLUSH_MEMBERS", 200),
             flush_batch=_int(env, "CHAT_FLUSH_BATCH", 8),
+            # CHAT_CLOUDWATCH decides when set; unset, a namespace alone turns it on
+            cloudwatch=_flag(env, "CHAT_CLOUDWATCH",
+                             bool(env.get("CHAT_CLOUDWATCH_NAMESPACE", "").strip())),
+            cloudwatch_namespace=env.get("CHAT_CLOUDWATCH_NAMESPACE", "").strip() or "CanaryChat",
+            cloudwatch_interval=_float(env, "CHAT_CLOUDWATCH_INTERVAL", 10.0),
+            target_group_arns=_list(env.get("CHAT_TARGET_GROUP_ARNS", "")),
+            target_id=env.get("CHAT_TARGET_ID", "").strip() or None,
+            target_port=_int(env, "CHAT_TARGET_PORT", 0),
+            target_poll=_float(env, "CHAT_TARGET_POLL_SECONDS", 5.0),
         )
         for key, value in overrides.items():
             if value is not None:
