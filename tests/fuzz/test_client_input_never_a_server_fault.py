@@ -148,7 +148,7 @@ def answer(ws: ClientConnection, client_id: str) -> dict[str, object]:
         frame = json.loads(ws.recv(10))
         if frame["type"] == "error" or (frame["type"] == "ack"
                                         and frame["client_id"] == client_id):
-            return frame  # type: ignore[no-any-return]
+            return frame
 
 
 @SETTINGS
