@@ -593,7 +593,8 @@ class _Reader:
     more are answered `unavailable`.
     """
 
-    __slots__ = ("app", "bucket", "client", "config", "metrics", "sender", "sends", "strikes")
+    __slots__ = ("app", "bucket", "client", "config", "metrics", "sender", "sends", "strikes",
+                 "struck")
 
     def __init__(self, app: Sanic, client: Client) -> None:
         self.app = app
@@ -602,6 +603,7 @@ class _Reader:
         self.metrics: Metrics = app.ctx.metrics
         self.bucket = TokenBucket(self.config.rate_per_s, self.config.rate_burst)
         self.strikes = Strikes(self.config.rate_strikes, self.config.rate_strike_window)
+        self.struck = False  # closing for repeated rate-limit violations
         self.sends: deque[protocol.SendFrame] | None = None  # only while sends wait
         self.sender: asyncio.Task[None] | None = None
 
@@ -611,13 +613,14 @@ class _Reader:
 
     def on_message(self, data: str | bytes) -> None:
         client = self.client
-        if client.closed:
+        if client.closed or self.struck:
             return
         if not self.bucket.take():
             if self.strikes.strike():
+                self.struck = True
                 log.info("ws_rate_strikes", extra={"event": "ws_rate_strikes",
                                                    "user_id": client.user_id})
-                client.fail(protocol.CLOSE_POLICY, "rate limit exceeded repeatedly")
+                _spawn(client.close(protocol.CLOSE_POLICY, "rate limit exceeded repeatedly"))
                 return
             self.error(ErrorCode.RATE_LIMITED, f"more than {self.config.rate_per_s:g} "
                                                f"frames/s (burst {self.config.rate_burst})")
