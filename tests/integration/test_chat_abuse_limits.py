@@ -1,7 +1,7 @@
 """Abuse limits of one chat instance (issue 16, items 3 and 5), on real redis-server and
 the DynamoDB emulator: the Host allow-list refuses a DNS-rebinding handshake, repeated
 rate-limit violations close the socket with 1008, joins abandoned half-way leave no
-connection record behind, and slow headers time out."""
+connection record or presence behind, and slow headers time out."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from tests.chatstack import ChatStack, http
+from tests.chatstack import ChatClient, ChatStack, http
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -101,6 +101,13 @@ async def test_joins_abandoned_half_way_leave_no_connection_record(
         assert n == 0, f"{n} connection records left behind"
         _, body = inst.get("/metrics")
         assert 'chat_connections{color="blue",version="abandon"} 0' in body.decode()
+        # and no presence left: the next user in the room finds itself alone
+        c = await ChatClient.connect(inst.ws_url("churn", "after"))
+        try:
+            await c.wait_for(lambda: bool(c.presence), 10, "presence")
+            assert c.presence[-1]["online"] == 1, c.presence
+        finally:
+            await c.close()
     finally:
         inst.stop()
 
