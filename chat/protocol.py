@@ -31,6 +31,7 @@ CLOSE_TRY_LATER = 1013  # too slow to keep up, or storage down at join
 _NAME_RE = re.compile(r"^[^\W_]|[ _.\-]")
 _SINCE_RE = re.compile(r"^[0-9]{1,15}$")
 _COLOR_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}$")
+_SPACES_RE = re.compile(r" {2,}")
 # Invisible in a name: Unicode's Default_Ignorable_Code_Point set (soft hyphen, ZWSP/ZWNJ/
 # ZWJ, bidi controls, word joiners, variation selectors, BOM, tags...) and the Hangul
 # fillers, which are letters (Lo) and so pass the charset rule while showing nothing.
@@ -67,12 +68,13 @@ def valid_name(value: str) -> bool:
 
 def normalise_name(value: str) -> str:
     """A nickname as shown: NFKC (fullwidth and compatibility forms folded to their plain
-    letters), runs of whitespace made one space, trimmed. `valid_name` then decides.
+    letters, the Unicode spaces to U+0020), runs of spaces made one, trimmed. Control
+    characters (a newline, a tab) are left for `valid_name` to refuse.
 
     Look-alikes from other scripts (Cyrillic `а` for Latin `a`) stay: they are letters of
     their script; the web client tells equal-looking names apart by a per-user mark.
     """
-    return " ".join(unicodedata.normalize("NFKC", value).split())
+    return _SPACES_RE.sub(" ", unicodedata.normalize("NFKC", value)).strip(" ")
 
 
 def valid_color(value: str) -> bool:

@@ -60,8 +60,8 @@
   // Same rule as the server: 1-32 letters (any script), digits, space, _ - . ; not only spaces.
   const NAME_RE = /^[\p{L}\p{N}\p{M} _.\-]{1,32}$/u;
   const validName = (s) => NAME_RE.test(s) && s.trim() !== '';
-  // As the server stores a nickname: NFKC, whitespace runs made one space, trimmed.
-  const normaliseName = (s) => s.normalize('NFKC').split(/\s+/).filter(Boolean).join(' ');
+  // As the server stores a nickname: NFKC, runs of spaces made one, trimmed of spaces.
+  const normaliseName = (s) => s.normalize('NFKC').replace(/ {2,}/g, ' ').replace(/^ | $/g, '');
   // The short per-user mark shown after every name: two people who picked the same (or a
   // look-alike) nickname are still told apart. user_id is assigned by the server.
   const userMark = (userId) => (typeof userId === 'number' ? `#${userId.toString(36)}` : '');

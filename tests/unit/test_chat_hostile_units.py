@@ -12,7 +12,7 @@ from chat.gate import bad_path, bearer_bytes, host_allowed
 
 @pytest.mark.parametrize(("typed", "kept"), [
     ("speaker", "speaker"), ("  speaker  ", "speaker"), ("ｓｐｅａｋｅｒ", "speaker"),
-    ("a   b", "a b"), ("a\u3000b", "a b"), ("민수", "민수")])
+    ("a   b", "a b"), ("a\u3000b", "a b"), ("\u00a0x\u2002", "x"), ("민수", "민수")])
 def test_nicknames_are_nfkc_trimmed_and_single_spaced(typed: str, kept: str) -> None:
     q = protocol.parse_join_query({"room": ["r"], "name": [typed]})
     assert q.name == kept
@@ -20,7 +20,8 @@ def test_nicknames_are_nfkc_trimmed_and_single_spaced(typed: str, kept: str) -> 
 
 @pytest.mark.parametrize("name", [
     "\u3164", "\uffa0", "\u115f", "\u1160", "a\u3164", "a\u200bb", "a\u200cb", "a\u200db",
-    "a\u202eb", "a\u2066b", "a\ufe0fb", "a\u00adb", "a\ufeffb", "\u3164\u3164 "])
+    "a\u202eb", "a\u2066b", "a\ufe0fb", "a\u00adb", "a\ufeffb", "\u3164\u3164 ", "a\nb",
+    "a\tb"])
 def test_invisible_nicknames_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match="name"):
         protocol.parse_join_query({"room": ["r"], "name": [name]})
