@@ -124,8 +124,10 @@ class Attacker:
         self.http_thread.join(10)
 
 
-async def canary_step_under_attack(stack: FaultStack, green_env: dict[str, str]
-                                   ) -> tuple[dict[str, Any], Attacker, dict[str, int]]:
+async def canary_step_under_attack(
+        stack: FaultStack, green_env: dict[str, str]
+) -> tuple[dict[str, Any], Attacker, dict[str, int], dict[str, Any]]:
+    """(traffic_shift's result, the attacker, weights after the step, loadgen report)."""
     green = await asyncio.to_thread(stack.ensure_green, green_env)
     stack.set_weights(90, 10)
     cfg = LoadGenConfig(url=stack.ws_url, users=100, rate=20.0, duration=0, ramp=4.0,
@@ -146,7 +148,7 @@ async def canary_step_under_attack(stack: FaultStack, green_env: dict[str, str]
         await asyncio.wait_for(frames, 15)
         await stopped(lg, task)
         stack.set_weights(50, 50)
-    return res, attacker, weights
+    return res, attacker, weights, task.result()
 
 
 def assert_attack_answered_as_client_faults(attacker: Attacker) -> None:
@@ -165,17 +167,19 @@ def assert_attack_answered_as_client_faults(attacker: Attacker) -> None:
 @pytest.mark.timeout(240)
 async def test_healthy_green_passes_a_step_under_hostile_requests(
         fault_stack: FaultStack) -> None:
-    res, attacker, weights = await canary_step_under_attack(fault_stack, {})
+    res, attacker, weights, load = await canary_step_under_attack(fault_stack, {})
     print(f"\nHOSTILE healthy: {dict(attacker.statuses)} frames={dict(attacker.frames)} "
-          f"msg={res.get('msg')}")
+          f"msg={res.get('msg')} load errors={load['errors']} closes={load['close_codes']}")
     assert not res.get("failed"), res
     assert weights == {"blue": 50, "green": 50}
     assert_attack_answered_as_client_faults(attacker)
+    # the audience at demo rates never meets the abuse limits
+    assert "rate_limited" not in load["errors"] and "1008" not in load["close_codes"], load
 
 
 @pytest.mark.timeout(240)
 async def test_bad_green_still_trips_under_hostile_requests(fault_stack: FaultStack) -> None:
-    res, attacker, weights = await canary_step_under_attack(
+    res, attacker, weights, _ = await canary_step_under_attack(
         fault_stack, {"CHAT_FAULT_RATE": "0.3"})
     print(f"\nHOSTILE bad green: {dict(attacker.statuses)} msg={res.get('msg')}")
     try:
