@@ -86,6 +86,25 @@ def test_no_path_or_query_is_a_server_fault(inst: ChatInstance, prefix: bytes, s
         inst, b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
 
 
+query_prefixes = st.sampled_from([b"/ws?room=", b"/ws?room=r&name=", b"/ws?name=n&room=r&since=",
+                                  b"/api/rooms/r/messages?since=",
+                                  b"/api/rooms/r/messages?limit=", b"/api/stats?", b"/?"])
+
+
+@SETTINGS
+@given(query_prefixes, segment, st.booleans())
+@example(b"/ws?room=r&name=", b"%ed%b2%80", True)
+def test_no_query_string_is_a_server_fault(inst: ChatInstance, prefix: bytes, value: bytes,
+                                           upgrade: bool) -> None:
+    headers = b"Host: 127.0.0.1\r\nConnection: close\r\n"
+    if upgrade:
+        headers = (b"Host: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                   b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+    status = raw_request(inst.port, b"GET " + prefix + value + b" HTTP/1.1\r\n" + headers
+                         + b"\r\n")
+    assert status is not None and status < 500, (status, prefix + value)
+
+
 # Header values: any bytes but CR and LF (which would end the header line).
 header_value = st.binary(max_size=60).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
 
