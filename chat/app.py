@@ -27,7 +27,7 @@ from sanic.response import HTTPResponse, file, text
 from sanic.response import json as json_response
 from websockets.exceptions import ConnectionClosed
 
-from . import adminauth, protocol, wsfix, wslean
+from . import adminauth, gate, protocol, wsfix, wslean
 from .bus import BusErrors, RoomBus
 from .cloudwatch import Publisher
 from .config import Config
@@ -73,6 +73,23 @@ class TokenBucket:
             self.tokens -= 1.0
             return True
         return False
+
+
+class Strikes:
+    """More than `limit` strikes within `window` seconds: out. limit 0: never."""
+
+    __slots__ = ("at", "limit", "window")
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self.at: deque[float] = deque(maxlen=limit + 1)
+
+    def strike(self) -> bool:
+        if self.limit <= 0:
+            return False
+        now = time.monotonic()
+        self.at.append(now)
+        return len(self.at) > self.limit and now - self.at[0] <= self.window
 
 
 class Drainer:
@@ -194,7 +211,8 @@ def _problem(status: int, message: str, **extra: Any) -> HTTPResponse:
 
 
 def create_app(config: Config) -> Sanic:
-    app = Sanic(f"canary_chat_{next(_app_ids)}", configure_logging=False)
+    app = Sanic(f"canary_chat_{next(_app_ids)}", configure_logging=False,
+                request_class=gate.LenientRequest)
     # Enabling WebSockets ourselves keeps Sanic from registering its own before_server_stop
     # listener that cancels every WebSocket handler: our drain must run first.
     app.websocket_enabled = True
@@ -204,6 +222,8 @@ def create_app(config: Config) -> Sanic:
         WEBSOCKET_PING_INTERVAL=None,
         REQUEST_MAX_SIZE=64 * 1024,
         KEEP_ALIVE_TIMEOUT=75,  # above the ALB's 60 s idle timeout
+        # from accepting a connection to the whole request (headers and body): 408 after
+        REQUEST_TIMEOUT=config.request_timeout,
         GRACEFUL_SHUTDOWN_TIMEOUT=3,
         FALLBACK_ERROR_FORMAT="json",
     )
@@ -303,7 +323,16 @@ def create_app(config: Config) -> Sanic:
     @app.on_request
     async def _gate(request: Request) -> HTTPResponse | None:
         request.ctx.join = None
+        refused = gate.bad_path(request.path)
+        if refused:
+            return _problem(400, refused)
+        if request.path not in PROBES and not gate.host_allowed(config.allowed_hosts,
+                                                               request.headers.get("host")):
+            return _problem(421, "host not served here (CHAT_ALLOWED_HOSTS)")
         if request.path == "/ws":
+            refused = gate.bad_handshake_headers(request.headers)
+            if refused:
+                return _problem(400, refused)
             try:
                 request.ctx.join = protocol.parse_join_query(
                     {k: request.args.getlist(k) for k in request.args})
@@ -314,7 +343,7 @@ def create_app(config: Config) -> Sanic:
             if drainer.draining:
                 return _problem(503, "draining", reason="draining")
             return None
-        if (config.fault_rate and request.method == "GET" and request.path.startswith("/api/")
+        if (config.fault_rate and gate.counts_in_gate(request)
                 and random.random() < config.fault_rate):
             return _problem(500, "injected fault (CHAT_FAULT_RATE)")
         return None
@@ -324,8 +353,11 @@ def create_app(config: Config) -> Sanic:
         for k, v in SECURITY_HEADERS.items():
             response.headers.setdefault(k, v)
         status = response.status
-        if request.path in PROBES:
-            return  # health checks and scrapes would dilute the canary gate's error rate
+        if not gate.counts_in_gate(request):
+            return  # probes, files, admin, pinned requests would dilute the gate's error rate
+        if 400 <= status < 500:
+            metrics.http_client_faults.inc()  # the client's fault: never in the gate
+            return
         metrics.http.inc(f"{status // 100}xx")
         board.request()
         if status >= 500:
@@ -425,8 +457,7 @@ def create_app(config: Config) -> Sanic:
             return None if fresh else _unauthorized(adminauth.SCHEME, "replayed")
         if not config.admin_bearer:
             return _unauthorized(adminauth.SCHEME, "signed request required")
-        given = header[7:] if header[:7].lower() == "bearer " else ""
-        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+        if not hmac.compare_digest(gate.bearer_bytes(header),
                                    token.encode("utf-8", "surrogateescape")):
             return _unauthorized("Bearer")
         return None
@@ -539,7 +570,7 @@ async def serve_client(app: Sanic, request: Request, ws: Any) -> None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.socket_sndbuf)
     client: Client | None = None
-    connection_id: str | None = None
+    record: asyncio.Future[str] | None = None  # the connection record's put, once started
     live = False
     drainer: Drainer = ctx.drainer
     drainer.joining += 1
@@ -583,13 +614,13 @@ async def serve_client(app: Sanic, request: Request, ws: Any) -> None:
         log.info("ws_open", extra={"event": "ws_open", "user_id": user_id, "room": join.room,
                                    "since": join.since, "history": n_history})
         _spawn(_announce(bus, client))  # Redis may be slow or down: never hold the join
-        try:
-            connection_id = await store.add_connection(
-                user_id=user_id, room=join.room, instance=config.instance_id,
-                color=config.color, version=config.version)
-        except StoreUnavailable as e:
-            log.warning("connection_record_failed", extra={"event": "connection_record_failed",
-                                                           "error": str(e)})
+        # Shielded: a client gone half-way cancels this handler, and a put cancelled while
+        # in flight may still land; the cleanup waits for it and deletes what it wrote.
+        record = asyncio.ensure_future(store.add_connection(
+            user_id=user_id, room=join.room, instance=config.instance_id,
+            color=config.color, version=config.version))
+        with contextlib.suppress(StoreUnavailable):
+            await asyncio.shield(record)
         await _read_loop(app, ws, client)
     except (ConnectionClosed, asyncio.CancelledError):
         pass
@@ -604,7 +635,7 @@ async def serve_client(app: Sanic, request: Request, ws: Any) -> None:
             log.info("ws_close", extra={"event": "ws_close", "user_id": client.user_id,
                                         "room": client.room, "code": client.close_code,
                                         "migrated": client.migrated})
-            _spawn(_cleanup(bus, store, client.room if live else None, connection_id))
+            _spawn(_cleanup(bus, store, client.room if live else None, record))
 
 
 _background: set[asyncio.Task[None]] = set()
@@ -622,12 +653,19 @@ async def _announce(bus: RoomBus, client: Client) -> None:
 
 
 async def _cleanup(bus: RoomBus, store: MessageStore, room: str | None,
-                   connection_id: str | None) -> None:
+                   record: asyncio.Future[str] | None) -> None:
     if room is not None:
         await bus.presence_changed(room, -1)
-    if connection_id is not None:
-        with contextlib.suppress(StoreUnavailable):
-            await store.remove_connection(connection_id)
+    if record is None:
+        return
+    try:
+        connection_id = await record
+    except StoreUnavailable as e:
+        log.warning("connection_record_failed", extra={"event": "connection_record_failed",
+                                                       "error": str(e)})
+        return
+    with contextlib.suppress(StoreUnavailable):
+        await store.remove_connection(connection_id)
 
 
 STOP_CLEANUP_SECONDS = 3.0  # at shutdown, how long closed connections' cleanups may take
@@ -645,7 +683,8 @@ class _Reader:
     more are answered `unavailable`.
     """
 
-    __slots__ = ("app", "bucket", "client", "config", "metrics", "sender", "sends")
+    __slots__ = ("app", "bucket", "client", "config", "metrics", "sender", "sends", "strikes",
+                 "struck")
 
     def __init__(self, app: Sanic, client: Client) -> None:
         self.app = app
@@ -653,6 +692,8 @@ class _Reader:
         self.config: Config = app.ctx.config
         self.metrics: Metrics = app.ctx.metrics
         self.bucket = TokenBucket(self.config.rate_per_s, self.config.rate_burst)
+        self.strikes = Strikes(self.config.rate_strikes, self.config.rate_strike_window)
+        self.struck = False  # closing for repeated rate-limit violations
         self.sends: deque[protocol.SendFrame] | None = None  # only while sends wait
         self.sender: asyncio.Task[None] | None = None
 
@@ -662,9 +703,15 @@ class _Reader:
 
     def on_message(self, data: str | bytes) -> None:
         client = self.client
-        if client.closed:
+        if client.closed or self.struck:
             return
         if not self.bucket.take():
+            if self.strikes.strike():
+                self.struck = True
+                log.info("ws_rate_strikes", extra={"event": "ws_rate_strikes",
+                                                   "user_id": client.user_id})
+                _spawn(client.close(protocol.CLOSE_POLICY, "rate limit exceeded repeatedly"))
+                return
             self.error(ErrorCode.RATE_LIMITED, f"more than {self.config.rate_per_s:g} "
                                                f"frames/s (burst {self.config.rate_burst})")
             return

@@ -39,6 +39,10 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
 
 
+def _hosts(raw: str) -> tuple[str, ...]:
+    return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the chat service reads from its environment (defaults in brackets).
@@ -53,6 +57,12 @@ class Config:
     the clock] (chat/adminauth.py),
     CHAT_FAULT_RATE [0], CHAT_DRAIN_SECONDS [10], CHAT_STATIC_DIR [unset],
     CHAT_ALLOWED_ORIGINS [unset: same origin only; `*` allows any; else a comma list],
+    CHAT_ALLOWED_HOSTS [unset: any Host; else a comma list of `name` (any port) or
+    `name:port`: every other Host, the /ws handshake included, gets 421 (DNS rebinding);
+    /healthz, /readyz and /metrics are exempt],
+    CHAT_REQUEST_TIMEOUT [10 s from accepting a connection to the whole request: 408 after],
+    CHAT_RATE_STRIKES [50 `rate_limited` answers within CHAT_RATE_STRIKE_WINDOW [10 s]
+    close the WebSocket with 1008; 0: never],
     CHAT_SEND_QUEUE [1000 frames per connection],
     CHAT_SLOW_SECONDS [5: a send stuck this long while frames wait closes with 1013],
     CHAT_PING_INTERVAL [20 s], CHAT_PING_TIMEOUT [20 s of silence after a ping: close 1011],
@@ -97,6 +107,10 @@ class Config:
     drain_seconds: float = 10.0
     static_dir: str | None = None
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
+    allowed_hosts: tuple[str, ...] = field(default_factory=tuple)
+    request_timeout: float = 10.0
+    rate_strikes: int = 50
+    rate_strike_window: float = 10.0
     send_queue: int = 1000
     slow_seconds: float = 5.0
     socket_sndbuf: int = 65536
@@ -143,6 +157,11 @@ class Config:
             raise ValueError("CHAT_FLUSH_INTERVAL must be between 0 (off) and 1 second")
         if self.flush_members < 1:
             raise ValueError("CHAT_FLUSH_MEMBERS must be 1 or more")
+        if self.request_timeout <= 0:
+            raise ValueError("CHAT_REQUEST_TIMEOUT must be above 0 seconds")
+        if self.rate_strikes < 0 or self.rate_strike_window <= 0:
+            raise ValueError("CHAT_RATE_STRIKES must be 0 (off) or more, "
+                             "CHAT_RATE_STRIKE_WINDOW above 0")
         if self.flush_batch < 2:
             raise ValueError("CHAT_FLUSH_BATCH must be 2 or more")
         if not 1.0 <= self.cloudwatch_interval <= 60.0:
@@ -175,6 +194,10 @@ class Config:
             drain_seconds=_float(env, "CHAT_DRAIN_SECONDS", 10.0),
             static_dir=env.get("CHAT_STATIC_DIR") or None,
             allowed_origins=_origins(env.get("CHAT_ALLOWED_ORIGINS", "")),
+            allowed_hosts=_hosts(env.get("CHAT_ALLOWED_HOSTS", "")),
+            request_timeout=_float(env, "CHAT_REQUEST_TIMEOUT", 10.0),
+            rate_strikes=_int(env, "CHAT_RATE_STRIKES", 50),
+            rate_strike_window=_float(env, "CHAT_RATE_STRIKE_WINDOW", 10.0),
             send_queue=_int(env, "CHAT_SEND_QUEUE", 1000),
             slow_seconds=_float(env, "CHAT_SLOW_SECONDS", 5.0),
             socket_sndbuf=_int(env, "CHAT_SOCKET_SNDBUF", 65536),
@@ -202,8 +225,11 @@ class Config:
         )
         for key, value in overrides.items():
             if value is not None:
-                values[key] = _origins(value) if key == "allowed_origins" and isinstance(
-                    value, str) else value
+                if key == "allowed_origins" and isinstance(value, str):
+                    value = _origins(value)
+                elif key == "allowed_hosts" and isinstance(value, str):
+                    value = _hosts(value)
+                values[key] = value
         return cls(**values)
 
     def with_(self, **changes: Any) -> Config:

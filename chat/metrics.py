@@ -103,8 +103,12 @@ class Metrics:
         self.messages_out = Counter("chat_messages_out_total",
                                     "Message frames queued to local clients")
         self.errors = Counter("chat_errors_total", "Error frames sent, by code", "code")
-        self.http = Counter("chat_http_requests_total", "HTTP responses by status class",
-                            "status")
+        self.http = Counter("chat_http_requests_total",
+                            "Responses to valid public read API requests (the canary gate's "
+                            "requests), by status class", "status")
+        self.http_client_faults = Counter(
+            "chat_http_client_faults_total",
+            "Public read API requests answered 4xx (the client's fault; not in the gate)")
         self.ack_latency = Histogram("chat_ack_latency_seconds", "Send received to ack sent")
         self.store_latency = Histogram("chat_store_latency_seconds", "DynamoDB message write")
         self.delivery_latency = Histogram("chat_delivery_latency_seconds",
@@ -112,13 +116,13 @@ class Metrics:
         self.draining = Gauge("chat_draining", "1 while this instance drains")
         # Series the canary gate divides by exist from the start.
         self.sends.values.update(ok=0.0, error=0.0)
-        self.http.values.update({"2xx": 0.0, "4xx": 0.0, "5xx": 0.0})
+        self.http.values.update({"2xx": 0.0, "5xx": 0.0})
         self.errors.values.update({code.value: 0.0 for code in ErrorCode})
 
     def render(self) -> str:
         lines: list[str] = []
         for metric in (self.connections, self.handshakes, self.sends, self.messages_out,
-                       self.errors, self.http, self.ack_latency, self.store_latency,
-                       self.delivery_latency, self.draining):
+                       self.errors, self.http, self.http_client_faults, self.ack_latency,
+                       self.store_latency, self.delivery_latency, self.draining):
             lines.extend(metric.render(self.base))
         return "\n".join(lines) + "\n"

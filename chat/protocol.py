@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -21,6 +22,7 @@ HISTORY_SINCE_MAX = 1000  # messages in the history frame with `since`
 API_LIMIT_MAX = 1000
 
 # Close codes the server uses.
+CLOSE_POLICY = 1008  # repeated rate-limit violations (Config.rate_strikes)
 CLOSE_TOO_BIG = 1009  # sent by the WebSocket layer (WEBSOCKET_MAX_SIZE)
 CLOSE_GOING_AWAY = 1012  # "service restart": drained instance closing the rest
 CLOSE_TRY_LATER = 1013  # too slow to keep up, or storage down at join
@@ -29,6 +31,14 @@ CLOSE_TRY_LATER = 1013  # too slow to keep up, or storage down at join
 _NAME_RE = re.compile(r"^[^\W_]|[ _.\-]")
 _SINCE_RE = re.compile(r"^[0-9]{1,15}$")
 _COLOR_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}$")
+_SPACES_RE = re.compile(r" {2,}")
+# Invisible in a name: Unicode's Default_Ignorable_Code_Point set (soft hyphen, ZWSP/ZWNJ/
+# ZWJ, bidi controls, word joiners, variation selectors, BOM, tags...) and the Hangul
+# fillers, which are letters (Lo) and so pass the charset rule while showing nothing.
+_INVISIBLE_RE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
 
 
 class ErrorCode(StrEnum):
@@ -50,10 +60,21 @@ class ProtocolError(Exception):
 
 
 def valid_name(value: str) -> bool:
-    """Room or nickname: 1-32 allowed characters, not only spaces."""
-    if not 1 <= len(value) <= 32 or not value.strip():
+    """Room or nickname: 1-32 allowed characters, not only spaces, nothing invisible."""
+    if not 1 <= len(value) <= 32 or not value.strip() or _INVISIBLE_RE.search(value):
         return False
     return all(_NAME_RE.match(ch) for ch in value)
+
+
+def normalise_name(value: str) -> str:
+    """A nickname as shown: NFKC (fullwidth and compatibility forms folded to their plain
+    letters, the Unicode spaces to U+0020), runs of spaces made one, trimmed. Control
+    characters (a newline, a tab) are left for `valid_name` to refuse.
+
+    Look-alikes from other scripts (Cyrillic `а` for Latin `a`) stay: they are letters of
+    their script; the web client tells equal-looking names apart by a per-user mark.
+    """
+    return _SPACES_RE.sub(" ", unicodedata.normalize("NFKC", value)).strip(" ")
 
 
 def valid_color(value: str) -> bool:
@@ -71,6 +92,8 @@ def parse_join_query(args: Mapping[str, list[str]]) -> JoinQuery:
     """Validate the `/ws` query (`room`, `name`, optional `since`); ValueError says why."""
     room = _single(args, "room")
     name = _single(args, "name")
+    if name is not None:
+        name = normalise_name(name)
     if room is None or not valid_name(room):
         raise ValueError("room must be 1-32 letters, digits, spaces or _-.")
     if name is None or not valid_name(name):
@@ -146,11 +169,22 @@ def _parse_send(obj: dict[str, Any]) -> SendFrame:
                             f"client_id must be a string of 1-{MAX_CLIENT_ID} characters")
     if not isinstance(text, str):
         raise ProtocolError(ErrorCode.INVALID, "text must be a string")
+    if not _encodable(text):
+        raise ProtocolError(ErrorCode.INVALID, "text holds a lone surrogate (not Unicode text)")
     if len(text) > MAX_TEXT:
         raise ProtocolError(ErrorCode.TOO_LONG, f"text is over {MAX_TEXT} characters")
     if not text.strip():
         raise ProtocolError(ErrorCode.INVALID, "text is empty")
     return SendFrame(text=text, client_id=client_id)
+
+
+def _encodable(text: str) -> bool:
+    """False for text with a lone surrogate (`"\\udc80"` in JSON): no UTF-8 exists for it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # --- encoding (server -> client) ---

@@ -60,6 +60,11 @@
   // Same rule as the server: 1-32 letters (any script), digits, space, _ - . ; not only spaces.
   const NAME_RE = /^[\p{L}\p{N}\p{M} _.\-]{1,32}$/u;
   const validName = (s) => NAME_RE.test(s) && s.trim() !== '';
+  // As the server stores a nickname: NFKC, runs of spaces made one, trimmed of spaces.
+  const normaliseName = (s) => s.normalize('NFKC').replace(/ {2,}/g, ' ').replace(/^ | $/g, '');
+  // The short per-user mark shown after every name: two people who picked the same (or a
+  // look-alike) nickname are still told apart. user_id is assigned by the server.
+  const userMark = (userId) => (typeof userId === 'number' ? `#${userId.toString(36)}` : '');
 
   const BACKOFF_BASE_MS = 500;
   const BACKOFF_CAP_MS = 15000;
@@ -96,6 +101,7 @@
   const state = {
     room: '',
     name: '',
+    userId: null,       // ours, from the last welcome: the mark on our pending messages
     current: null,      // the connection in use: {ws, welcome, intentional, ...}
     candidate: null,    // a connection being opened (join, reconnect or migrate) until
                         // its history arrives
@@ -217,6 +223,8 @@
       case 'welcome':
         conn.welcome = f;
         state.myUserIds.add(f.user_id);
+        state.userId = f.user_id;
+        state.name = f.name; // as the server normalised it
         break;
       case 'history':
         for (const m of f.messages || []) addMessage(m);
@@ -277,6 +285,9 @@
 
   function renderMessage(el, m) {
     el.querySelector('.name').textContent = m.name;
+    const mark = el.querySelector('.mark');
+    mark.textContent = userMark(m.user_id);
+    mark.title = typeof m.user_id === 'number' ? `user ${m.user_id}` : '';
     const dot = el.querySelector('.dot');
     dot.dataset.color = m.color || '';
     dot.title = m.color || '';
@@ -424,7 +435,8 @@
     const clientId = randomId();
     const el = newMessageElement();
     el.classList.add('mine');
-    renderMessage(el, { name: state.name, text, seq: '', ts: Date.now(), color: '' });
+    renderMessage(el, { name: state.name, user_id: state.userId, text, seq: '',
+      ts: Date.now(), color: '' });
     el.dataset.seq = '';
     setStatus(el, 'sending');
     ui.outbox.append(el);
@@ -465,7 +477,7 @@
   // ------------------------------------------------------------------ wiring
   function join(ev) {
     ev.preventDefault();
-    const name = ui.nameInput.value.trim();
+    const name = normaliseName(ui.nameInput.value);
     const room = ui.roomInput.value.trim();
     let problem = '';
     if (!validName(name)) problem = T.badNickname;

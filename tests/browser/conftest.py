@@ -54,6 +54,8 @@ defaults
     timeout tunnel 1h
 frontend site
     bind 127.0.0.1:{port}
+    # the pinned mark (X-Canary-Pinned) is the load balancer's to set, never the client's
+    http-request del-header X-Canary-Pinned
     default_backend chat
 backend chat
     balance roundrobin

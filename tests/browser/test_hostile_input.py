@@ -6,10 +6,13 @@ still on screen). Screenshots: /tmp/hostile-phone.png, /tmp/hostile-screen{,-top
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
 import pytest
 from playwright.sync_api import Browser, BrowserContext, expect
 
-from tests.browser.test_site import Tab, contexts, join, new_room, open_tab, texts
+from tests.browser.test_site import Tab, contexts, join, new_room, open_tab, say, texts
 from tests.chatstack import ChatInstance
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.faults,
@@ -104,6 +107,41 @@ def test_a_hostile_nickname_is_refused_and_a_strange_valid_one_is_text(
     join(other, "민수.k-2 ﷺ", room)  # letters of any script are allowed
     other.page.get_by_test_id("message-input").fill("hi")
     other.page.get_by_test_id("send-button").click()
-    expect(other.page.get_by_test_id("message-list")).to_contain_text("민수.k-2 ﷺ")
+    # shown as the server keeps it: NFKC spells the ligature out
+    expect(other.page.get_by_test_id("message-list")).to_contain_text(
+        unicodedata.normalize("NFKC", "민수.k-2 ﷺ"))
     for t in (tab, other):
+        t.ok()
+
+
+def test_two_users_with_the_same_display_name_are_told_apart(
+        browser: Browser, contexts: list[BrowserContext],
+        site_pair: tuple[ChatInstance, ChatInstance]) -> None:
+    """Two "speaker"s (one typed in fullwidth letters and padded with spaces, which the
+    server folds to the same name) send a message each: a third user sees the same name
+    twice, each followed by a different per-user mark."""
+    blue, green = site_pair
+    room = new_room()
+    first = open_tab(browser, contexts, blue.url + "/")
+    second = open_tab(browser, contexts, green.url + "/")
+    viewer = open_tab(browser, contexts, blue.url + "/")
+    join(first, "speaker", room)
+    join(second, "  ｓｐｅａｋｅｒ ", room)
+    join(viewer, "viewer", room)
+    say(first, "I am the real speaker")
+    expect(viewer.page.get_by_test_id("message-list")).to_contain_text("I am the real speaker")
+    say(second, "no, I am")
+    expect(viewer.page.get_by_test_id("message-list")).to_contain_text("no, I am")
+    items = viewer.page.get_by_test_id("message-list").get_by_test_id("message")
+    expect(items).to_have_count(2)
+    names = items.get_by_test_id("message-name").all_text_contents()
+    marks = items.get_by_test_id("message-mark").all_text_contents()
+    assert names == ["speaker", "speaker"]
+    assert all(re.fullmatch(r"#[0-9a-z]+", m) for m in marks), marks
+    assert marks[0] != marks[1]
+    # each sender sees its own mark on its own message, the one others see
+    own = first.page.get_by_test_id("message-list").get_by_test_id("message").first
+    expect(own.get_by_test_id("message-mark")).to_have_text(marks[0])
+    viewer.page.screenshot(path="/tmp/same-names.png")
+    for t in (first, second, viewer):
         t.ok()

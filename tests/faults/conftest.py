@@ -2,9 +2,10 @@
 chat blue and green, and a real HAProxy in front of them, all on FREE 127.0.0.1 ports.
 
 It mimics the local stack (roles/loadbalancer/templates/haproxy.cfg.j2): one backend `chat`
-with servers `blue` and `green`, health checks on /readyz, WebSocket tunnel timeout, retry
-of refused / 503 handshakes on the other server, and an admin runtime socket for
-`traffic_shift`. Nothing here touches the fixed local-stack ports.
+with servers `blue` and `green`, one backend per color for the pinned paths
+/_color/<color>/ (which mark their requests `X-Canary-Pinned: 1`), health checks on
+/readyz, WebSocket tunnel timeout, retry of refused / 503 handshakes on the other server,
+and an admin runtime socket for `traffic_shift`. Nothing here touches the fixed local-stack ports.
 
 Each test module gets its own stack (a heavy scenario must not leave its backlog to the
 next one). Each scenario prints a one-line JSON summary (and appends it to $FAULTS_RESULTS
@@ -64,6 +65,10 @@ defaults
     default-server check inter 500ms fall 2 rise 2
 frontend www
     bind 127.0.0.1:{port}
+    # the pinned mark is the load balancer's to set, never the client's
+    http-request del-header X-Canary-Pinned
+    use_backend blue if {{ path_beg /_color/blue/ }}
+    use_backend green if {{ path_beg /_color/green/ }}
     default_backend chat
 backend chat
     balance roundrobin
@@ -72,6 +77,14 @@ backend chat
     http-check expect status 200
     server blue 127.0.0.1:{blue} weight {wb}
     server green 127.0.0.1:{green} weight {wg}
+backend blue
+    http-request set-header X-Canary-Pinned 1
+    http-request replace-path ^/_color/blue(/.*)$ \\1
+    server blue 127.0.0.1:{blue} check
+backend green
+    http-request set-header X-Canary-Pinned 1
+    http-request replace-path ^/_color/green(/.*)$ \\1
+    server green 127.0.0.1:{green} check
 """
 
 
