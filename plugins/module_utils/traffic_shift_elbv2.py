@@ -207,7 +207,8 @@ class ELBv2Driver(object):
     def sends_reading(self, color, thresholds):
         now = self.wall()
         sends, points = self._sends(color, now)
-        return make_reading(GATE_SENDS, "canarychat", color, sends or 0, thresholds, now,
+        return make_reading(GATE_SENDS, "canarychat", color, round(sends or 0),
+                            thresholds, now,
                             detail="%s Sends in %d datapoints of %ss %s" % (
                                 _n(sends), points, self.chat_period, self._since()))
 

@@ -148,5 +148,7 @@ class HAProxyDriver(object):
         """Gate `sends`: the increase of the color's chat_sends_total since the step began
         (its /metrics); a /metrics that cannot tell counts as no sends."""
         sends, problem = self.metrics.sends(color)
+        if sends is not None:
+            sends = round(sends)
         return make_reading(GATE_SENDS, "metrics", color, sends, thresholds, self.wall(),
                             detail=problem)
