@@ -516,4 +516,4 @@ def since_apply(timestamps, values, applied_at):
     counts. Returns (values, timestamps), oldest first."""
     points = sorted((t, values[i]) for i, t in enumerate(timestamps)
                     if t >= applied_at and values[i] is not None)
-    return [v for _, v in points], [t for t, _ in points]
+    return [point[1] for point in points], [point[0] for point in points]
