@@ -24,6 +24,12 @@ GATE_HEALTHY = "healthy"
 GATE_ERROR_RATE = "error_rate"
 GATE_P95 = "p95_ms"
 GATE_ALARM = "alarm"
+# Sends the color gaining traffic reported during the bake (at least `min_sends`: no data
+# is not a pass).
+GATE_SENDS = "sends"
+# 5xx answered by the ALB for the watched target group (HTTPCode_Target_5XX_Count) and by
+# the load balancer itself (HTTPCode_ELB_5XX_Count), a count.
+GATE_ALB_5XX = "alb_5xx"
 
 
 # --------------------------------------------------------------------------- weights
@@ -45,9 +51,24 @@ def gaining_color(before, after):
 
 
 def watched_color(after):
-    """The color the bake gates watch: green (the new release) while it gets traffic,
-    blue when the step takes green out entirely."""
+    """Green (the new release) while it gets traffic, blue when green gets none."""
     return "green" if after.get("green", 0) > 0 else "blue"
+
+
+def bake_color(before, after):
+    """The color the bake gates watch: the one gaining traffic in this step (green in the
+    canary's progression), else the watched color of the new weights."""
+    return gaining_color(before, after) or watched_color(after)
+
+
+def breach_weights(before, on_breach):
+    """The weights a breach puts in place: everyone on blue (`blue`, the design's rollback)
+    or the weights before the step (`previous`)."""
+    if on_breach == "blue":
+        return {"blue": 100, "green": 0}
+    if on_breach == "previous":
+        return dict(before)
+    raise ValueError("on_breach must be blue or previous, got %r" % (on_breach,))
 
 
 def weights_match(actual, wanted):
@@ -59,10 +80,13 @@ def weights_match(actual, wanted):
 class Thresholds(object):
     """The gate thresholds of one step."""
 
-    def __init__(self, min_healthy=1, max_error_rate=0.05, max_p95_ms=500.0):
+    def __init__(self, min_healthy=1, max_error_rate=0.05, max_p95_ms=500.0, min_sends=0,
+                 max_alb_5xx=0):
         self.min_healthy = int(min_healthy)
         self.max_error_rate = float(max_error_rate)
         self.max_p95_ms = float(max_p95_ms)
+        self.min_sends = int(min_sends)
+        self.max_alb_5xx = int(max_alb_5xx)
 
     def threshold_for(self, gate):
         return {
@@ -70,13 +94,22 @@ class Thresholds(object):
             GATE_ERROR_RATE: self.max_error_rate,
             GATE_P95: self.max_p95_ms,
             GATE_ALARM: "not ALARM",
+            GATE_SENDS: self.min_sends,
+            GATE_ALB_5XX: self.max_alb_5xx,
         }[gate]
 
 
 def judge(gate, value, thresholds):
-    """True (pass), False (breach) or None (no reading: no data to judge)."""
+    """True (pass), False (breach) or None (no reading: no data to judge).
+
+    The sends gate is the exception: no count of sends is a breach ("insufficient
+    data"), never "no data"."""
+    if gate == GATE_SENDS:
+        return value is not None and value >= thresholds.min_sends
     if value is None:
         return None
+    if gate == GATE_ALB_5XX:
+        return value <= thresholds.max_alb_5xx
     if gate == GATE_HEALTHY:
         return value >= thresholds.min_healthy
     if gate == GATE_ERROR_RATE:
@@ -134,6 +167,11 @@ def breach_message(reading):
         return ("gate %s breached on %s (source %s): state %s, threshold %s"
                 % (what, reading["color"], reading["source"], reading["value"],
                    reading["threshold"]))
+    if gate == GATE_SENDS:
+        return ("gate sends breached on %s (source %s): insufficient data: measured %s < "
+                "threshold %s sends during the bake"
+                % (reading["color"], reading["source"], _fmt(reading["value"]),
+                   _fmt(reading["threshold"])))
     op = "<" if gate == GATE_HEALTHY else ">"
     return ("gate %s breached on %s (source %s): measured %s %s threshold %s"
             % (what, reading["color"], reading["source"], _fmt(reading["value"]), op,
@@ -439,8 +477,43 @@ def worst(values):
     return max(values) if values else None
 
 
-def window_start(step_start, lookback, period):
-    """Start of a CloudWatch window: `lookback` seconds before the step, aligned down to
-    the metric period (an ALB datapoint stamped 12:00 covers 12:00-12:01)."""
-    start = step_start - lookback
-    return start - (start % period)
+def weighted_rule(rules, arns):
+    """The listener rule (not the default one) whose forward action lists every target
+    group of `arns` (color -> ARN), or None: where the weights live when the listener
+    forwards through a rule (e.g. one matching a secret origin header) and answers
+    everything else with its default action."""
+    wanted = set(arns.values())
+    for rule in sorted(rules, key=_rule_priority):
+        if rule.get("IsDefault"):
+            continue
+        action = _forward_action(rule.get("Actions") or [])
+        if action is None:
+            continue
+        groups = (action.get("ForwardConfig") or {}).get("TargetGroups") or []
+        if wanted <= {tg.get("TargetGroupArn") for tg in groups}:
+            return rule
+    return None
+
+
+def _rule_priority(rule):
+    try:
+        return int(rule.get("Priority"))
+    except (TypeError, ValueError):
+        return 1 << 30
+
+
+def period_start(ts, period):
+    """The start of the CloudWatch period holding `ts` (epoch seconds): CloudWatch rounds
+    a query's StartTime down like this (to the minute, or to the 5/10/20/30-second
+    division of a minute for those periods) and stamps each datapoint with the start of
+    its period."""
+    return ts - (ts % period)
+
+
+def since_apply(timestamps, values, applied_at):
+    """The datapoints whose period starts at or after `applied_at` (epoch seconds): a
+    period that started before the weights moved mixes the old weights in, so it never
+    counts. Returns (values, timestamps), oldest first."""
+    points = sorted((t, values[i]) for i, t in enumerate(timestamps)
+                    if t >= applied_at and values[i] is not None)
+    return [point[1] for point in points], [point[0] for point in points]

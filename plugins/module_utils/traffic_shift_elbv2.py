@@ -1,8 +1,20 @@
 # -*- coding: utf-8 -*-
 # Copyright: canary-chat developers
 # Apache License 2.0 (see galaxy.yml)
-"""traffic_shift's elbv2 driver: weights of an ALB listener's forward action, gates from
+"""traffic_shift's elbv2 driver: weights of an ALB listener's weighted forward (in the
+listener rule that forwards to both target groups, else in the default action), gates from
 DescribeTargetHealth, CloudWatch GetMetricData and DescribeAlarms.
+
+Gates of the bake, for the watched color, over datapoints whose period starts at or after
+the moment the weights were applied (never the period before):
+  - `error_rate` and `p95_ms` from the chat's own metrics, namespace CanaryChat, dimension
+    Color: Sum(SendErrors) / Sum(Sends) and the worst per-period p95 of AckLatency, at
+    `chat_period` (10 s: the chat publishes high-resolution data every 10 s);
+  - `alb_5xx`: AWS/ApplicationELB HTTPCode_Target_5XX_Count of the color's target group
+    plus HTTPCode_ELB_5XX_Count of the load balancer (LoadBalancer dimension only: ALB
+    does not attribute its own 5xx to a target group), at 60 s, the ALB's period. ALB
+    reports these only when they are non-zero, so no datapoint is zero;
+  - `sends` (end of the bake): Sum(Sends) of the color, at least `min_sends`.
 
 The clients come from AnsibleAWSModule.client(..., retry_decorator=AWSRetry...), so every
 call passes aws_retry=True; unit tests may pass plain boto3 clients with retry=False.
@@ -15,21 +27,27 @@ import time
 
 from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_core import (
     GATE_ALARM,
+    GATE_ALB_5XX,
     GATE_ERROR_RATE,
     GATE_HEALTHY,
     GATE_P95,
+    GATE_SENDS,
     forward_weights,
     load_balancer_dimension,
     make_reading,
     metric_sum,
+    period_start,
     rewrite_forward_weights,
     share,
+    since_apply,
     target_group_dimension,
-    window_start,
+    weighted_rule,
     worst,
 )
 
-NAMESPACE = "AWS/ApplicationELB"
+ALB_NAMESPACE = "AWS/ApplicationELB"
+CHAT_NAMESPACE = "CanaryChat"
+ALB_PERIOD = 60
 
 
 class ConfigError(Exception):
@@ -57,33 +75,51 @@ def find_target_group_arn(elbv2, name, retry=True):
 
 class ELBv2Driver(object):
     def __init__(self, elbv2, cloudwatch, listener_arn, target_group_arns, alarm_names=None,
-                 period=60, lookback=60, retry=True, clock=None, metrics=None):
+                 chat_period=10, retry=True, clock=None, metrics=None):
         self.elbv2 = elbv2
         self.cloudwatch = cloudwatch
         self.listener_arn = listener_arn
         self.arns = dict(target_group_arns)
         self.alarm_names = list(alarm_names or [])
-        self.period = int(period)
-        self.lookback = float(lookback)
+        self.chat_period = int(chat_period)
         self.kw = _kw(retry)
         self.wall = clock or time.time
-        self.window_start = None
-        self.metrics = metrics  # optional ChatMetrics: the chat's own, faster signals
+        self.applied_at = None
+        self.metrics = metrics  # optional ChatMetrics: the chat's /metrics, when reachable
 
     # ---- weights
-    def _default_actions(self):
+    def _weighted_actions(self):
+        """("rule", rule ARN, actions) of the listener rule forwarding to both target
+        groups, else ("listener", listener ARN, default actions)."""
+        rules = []
+        marker = None
+        while True:
+            kwargs = {"ListenerArn": self.listener_arn}
+            if marker:
+                kwargs["Marker"] = marker
+            resp = self.elbv2.describe_rules(**kwargs, **self.kw)
+            rules += resp.get("Rules", [])
+            marker = resp.get("NextMarker")
+            if not marker:
+                break
+        rule = weighted_rule(rules, self.arns)
+        if rule is not None:
+            return "rule", rule["RuleArn"], rule["Actions"]
         listeners = self.elbv2.describe_listeners(ListenerArns=[self.listener_arn],
                                                   **self.kw)["Listeners"]
-        return listeners[0]["DefaultActions"]
+        return "listener", self.listener_arn, listeners[0]["DefaultActions"]
 
     def read_weights(self):
-        return forward_weights(self._default_actions(), self.arns)
+        return forward_weights(self._weighted_actions()[2], self.arns)
 
     def apply_weights(self, weights):
+        kind, arn, actions = self._weighted_actions()
         actions = rewrite_forward_weights(
-            self._default_actions(), {self.arns[c]: weights[c] for c in ("blue", "green")})
-        self.elbv2.modify_listener(ListenerArn=self.listener_arn, DefaultActions=actions,
-                                   **self.kw)
+            actions, {self.arns[c]: weights[c] for c in ("blue", "green")})
+        if kind == "rule":
+            self.elbv2.modify_rule(RuleArn=arn, Actions=actions, **self.kw)
+        else:
+            self.elbv2.modify_listener(ListenerArn=arn, DefaultActions=actions, **self.kw)
 
     # ---- configuration
     def check_alarms_exist(self):
@@ -114,69 +150,98 @@ class ELBv2Driver(object):
                              detail=detail)]
 
     def start_bake(self, step_start):
-        self.window_start = window_start(step_start, self.lookback, self.period)
+        # Until mark_applied says when the weights moved, no datapoint counts before this.
+        self.applied_at = float(step_start)
         if self.metrics is not None:
             self.metrics.start()
 
-    def _query(self, qid, color, metric, stat):
-        return {
-            "Id": qid,
-            "MetricStat": {
-                "Metric": {
-                    "Namespace": NAMESPACE,
-                    "MetricName": metric,
-                    "Dimensions": [
-                        {"Name": "TargetGroup",
-                         "Value": target_group_dimension(self.arns[color])},
-                        {"Name": "LoadBalancer",
-                         "Value": load_balancer_dimension(self.listener_arn)},
-                    ],
-                },
-                "Period": self.period,
-                "Stat": stat,
-            },
-            "ReturnData": True,
-        }
+    def mark_applied(self, applied_at):
+        self.applied_at = float(applied_at)
 
-    def _metric_values(self, color, now):
-        start = self.window_start if self.window_start is not None else window_start(
-            now, self.lookback, self.period)
+    def _chat_metric(self, qid, color, metric, stat):
+        return _query(qid, CHAT_NAMESPACE, metric, [{"Name": "Color", "Value": color}],
+                      self.chat_period, stat)
+
+    def _alb_metric(self, qid, metric, dimensions, stat="Sum"):
+        return _query(qid, ALB_NAMESPACE, metric, dimensions, ALB_PERIOD, stat)
+
+    def _fetch(self, queries, period, now):
+        """{query id: (values, timestamps)} of the datapoints whose period starts at or
+        after the apply time. StartTime is the start of the period holding the apply time
+        (CloudWatch rounds it down so anyway); the datapoint of that period began before
+        the weights moved and is dropped by its Timestamp (the start of its period)."""
+        applied = self.applied_at if self.applied_at is not None else now
         utc = datetime.timezone.utc
-        queries = [self._query("errors", color, "HTTPCode_Target_5XX_Count", "Sum"),
-                   self._query("requests", color, "RequestCount", "Sum"),
-                   self._query("p95", color, "TargetResponseTime", "p95")]
-        values: dict[str, list[float]] = {q["Id"]: [] for q in queries}
+        raw: dict[str, tuple[list[float], list[float]]] = {q["Id"]: ([], []) for q in queries}
         token = None
         while True:
             kwargs = dict(MetricDataQueries=queries,
-                          StartTime=datetime.datetime.fromtimestamp(start, utc),
-                          EndTime=datetime.datetime.fromtimestamp(now + self.period, utc))
+                          StartTime=datetime.datetime.fromtimestamp(
+                              period_start(applied, period), utc),
+                          EndTime=datetime.datetime.fromtimestamp(
+                              period_start(now, period) + period, utc),
+                          ScanBy="TimestampAscending")
             if token:
                 kwargs["NextToken"] = token
             resp = self.cloudwatch.get_metric_data(**kwargs, **self.kw)
             for res in resp.get("MetricDataResults", []):
-                values.setdefault(res["Id"], []).extend(res.get("Values") or [])
+                values, stamps = raw.setdefault(res["Id"], ([], []))
+                values.extend(res.get("Values") or [])
+                stamps.extend(_epoch(t) for t in res.get("Timestamps") or [])
             token = resp.get("NextToken")
             if not token:
-                return values, start
+                break
+        return {qid: since_apply(stamps, values, applied)
+                for qid, (values, stamps) in raw.items()}
+
+    def _since(self):
+        applied = self.applied_at if self.applied_at is not None else self.wall()
+        return "since %s" % datetime.datetime.fromtimestamp(
+            applied, datetime.timezone.utc).strftime("%H:%M:%SZ")
+
+    def _sends(self, color, now):
+        data = self._fetch([self._chat_metric("sends", color, "Sends", "Sum")],
+                           self.chat_period, now)
+        return metric_sum(data["sends"][0]), len(data["sends"][0])
+
+    def sends_reading(self, color, thresholds):
+        now = self.wall()
+        sends, points = self._sends(color, now)
+        return make_reading(GATE_SENDS, "canarychat", color, round(sends or 0),
+                            thresholds, now,
+                            detail="%s Sends in %d datapoints of %ss %s" % (
+                                _n(sends), points, self.chat_period, self._since()))
 
     def bake_readings(self, color, thresholds):
         now = self.wall()
-        values, start = self._metric_values(color, now)
-        since = "since %s" % datetime.datetime.fromtimestamp(
-            start, datetime.timezone.utc).strftime("%H:%M:%SZ")
-        errors = metric_sum(values["errors"])
-        requests = metric_sum(values["requests"])
-        rate = share(errors, requests)
-        p95 = worst(values["p95"])
+        since = self._since()
+        ours = self._fetch([self._chat_metric("sends", color, "Sends", "Sum"),
+                            self._chat_metric("errors", color, "SendErrors", "Sum"),
+                            self._chat_metric("p95", color, "AckLatency", "p95")],
+                           self.chat_period, now)
+        sends = metric_sum(ours["sends"][0])
+        errors = metric_sum(ours["errors"][0])
+        rate = share(errors, sends)
+        p95 = worst(ours["p95"][0])
+        lb = [{"Name": "LoadBalancer", "Value": load_balancer_dimension(self.listener_arn)}]
+        tg = [{"Name": "TargetGroup", "Value": target_group_dimension(self.arns[color])}, *lb]
+        alb = self._fetch([self._alb_metric("target5xx", "HTTPCode_Target_5XX_Count", tg),
+                           self._alb_metric("elb5xx", "HTTPCode_ELB_5XX_Count", lb)],
+                          ALB_PERIOD, now)
+        target_5xx = metric_sum(alb["target5xx"][0]) or 0.0
+        elb_5xx = metric_sum(alb["elb5xx"][0]) or 0.0
         readings = [
-            make_reading(GATE_ERROR_RATE, "cloudwatch", color, rate, thresholds, now,
-                         detail="%s 5xx of %s requests %s" % (
-                             _n(errors), _n(requests), since)),
-            make_reading(GATE_P95, "cloudwatch", color,
-                         None if p95 is None else p95 * 1000.0, thresholds, now,
-                         detail=None if p95 is not None else
-                         "no TargetResponseTime p95 datapoints %s" % since),
+            make_reading(GATE_ERROR_RATE, "canarychat", color, rate, thresholds, now,
+                         detail="%s SendErrors of %s Sends in %d datapoints %s" % (
+                             _n(errors), _n(sends), len(ours["sends"][0]), since)),
+            make_reading(GATE_P95, "canarychat", color, p95, thresholds, now,
+                         detail=("worst of %d datapoints %s" % (len(ours["p95"][0]), since))
+                         if p95 is not None else "no AckLatency p95 datapoints %s" % since),
+            make_reading(GATE_ALB_5XX, "cloudwatch", color, int(target_5xx + elb_5xx),
+                         thresholds, now,
+                         detail="%g target 5xx + %g ELB 5xx in %d whole minutes %s" % (
+                             target_5xx, elb_5xx,
+                             len(set(alb["target5xx"][1]) | set(alb["elb5xx"][1])), since)),
         ]
         if self.metrics is not None:
             readings += self.metrics.readings(color, thresholds)
@@ -187,6 +252,27 @@ class ELBv2Driver(object):
                                              states.get(name), thresholds, now, name=name,
                                              detail=None if name in states else "not found"))
         return readings
+
+
+def _query(qid, namespace, metric, dimensions, period, stat):
+    return {
+        "Id": qid,
+        "MetricStat": {
+            "Metric": {"Namespace": namespace, "MetricName": metric,
+                       "Dimensions": dimensions},
+            "Period": period,
+            "Stat": stat,
+        },
+        "ReturnData": True,
+    }
+
+
+def _epoch(ts):
+    if isinstance(ts, datetime.datetime):
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=datetime.timezone.utc)
+        return ts.timestamp()
+    return float(ts)
 
 
 def _n(value):

@@ -12,6 +12,7 @@ import time
 from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_core import (
     GATE_ERROR_RATE,
     GATE_HEALTHY,
+    GATE_SENDS,
     haproxy_5xx_rate,
     make_reading,
     parse_get_weight,
@@ -142,3 +143,12 @@ class HAProxyDriver(object):
                                      detail=None if rate is not None else
                                      "no HTTP responses since the step began"))
         return readings
+
+    def sends_reading(self, color, thresholds):
+        """Gate `sends`: the increase of the color's chat_sends_total since the step began
+        (its /metrics); a /metrics that cannot tell counts as no sends."""
+        sends, problem = self.metrics.sends(color)
+        if sends is not None:
+            sends = round(sends)
+        return make_reading(GATE_SENDS, "metrics", color, sends, thresholds, self.wall(),
+                            detail=problem)

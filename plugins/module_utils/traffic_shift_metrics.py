@@ -15,6 +15,7 @@ from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_
     GATE_ERROR_RATE,
     GATE_P95,
     chat_counters,
+    counter_delta,
     error_rate,
     make_reading,
     p95_ms,
@@ -53,6 +54,17 @@ class ChatMetrics(object):
             counters = self._scrape(color)[0]
             if counters is not None:
                 self._base[color] = counters
+
+    def sends(self, color):
+        """(sends of `color` since the baseline, detail): (None, why) when /metrics cannot
+        tell (no URL, unreachable, no baseline)."""
+        counters, problem = self._scrape(color)
+        base = self._base.get(color)
+        if counters is None:
+            return None, problem
+        if base is None:
+            return None, "no baseline of %s's /metrics" % color
+        return counter_delta(base["sends_total"], counters["sends_total"]), None
 
     def readings(self, color, thresholds):
         """error_rate and p95_ms of `color` since the baseline (value None: no data)."""

@@ -2,9 +2,9 @@
 # Copyright: canary-chat developers
 # Apache License 2.0 (see galaxy.yml)
 """One canary step, independent of the load balancer: pre-check, apply, verify, bake,
-restore on a breach. The driver (haproxy or elbv2) only reads and writes weights and
-takes gate readings; clocks are injectable so unit tests can drive a step with a fake
-driver.
+on a breach everyone to blue (or the previous weights). The driver (haproxy or elbv2)
+only reads and writes weights and takes gate readings; clocks are injectable so unit
+tests can drive a step with a fake driver.
 
 A driver provides:
     read_weights() -> {"blue": int, "green": int}
@@ -12,6 +12,11 @@ A driver provides:
     health_readings(color, thresholds) -> [reading]       (gate "healthy")
     start_bake(step_start_epoch) -> None                   (baselines for deltas)
     bake_readings(color, thresholds) -> [reading]          (error rate, p95, alarms)
+    sends_reading(color, thresholds) -> reading            (gate "sends"; needed when
+                                                            thresholds.min_sends > 0)
+and optionally:
+    mark_applied(epoch) -> None     the weights were written at `epoch`: windows of
+                                    time-stamped data (CloudWatch) start there
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ import time
 from typing import Any
 
 from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_core import (
+    bake_color,
     breach_message,
+    breach_weights,
     first_breach,
     gaining_color,
-    watched_color,
     weights_match,
 )
 
@@ -62,13 +68,18 @@ def wait_for_weights(driver, wanted, timeout, clock, interval=0.2):
 
 def run_step(driver, target, thresholds, bake_seconds=0, poll_interval=5.0,
              auto_rollback=True, verify=True, verify_timeout=30.0, rollback=False,
-             check_mode=False, clock=None):
+             check_mode=False, clock=None, on_breach="blue", allow_idle=False):
     """Move the weights to `target` ({"blue": b, "green": g}) under the gates.
 
     Returns the module result; raises StepFailed (with the result) on a refused
     pre-check, a weight that does not read back, or a gate breach during the bake.
     `rollback=True` moves the weights with neither pre-check nor bake: a failing gate
     never blocks a rollback.
+
+    On a breach (auto_rollback) the weights become blue 100 / green 0 (`on_breach`
+    "blue") or the ones before the step ("previous"). With `thresholds.min_sends` > 0 the
+    bake ends with the sends gate: fewer sends than that from the watched color during
+    the bake is a breach ("insufficient data") unless `allow_idle`.
     """
     clock = clock or Clock()
     t_start = clock.monotonic()
@@ -90,16 +101,21 @@ def run_step(driver, target, thresholds, bake_seconds=0, poll_interval=5.0,
         return result
 
     def restore(reason):
-        """Put the previous weights back (auto_rollback) and fail with `reason`."""
+        """Move the weights to the breach weights (auto_rollback) and fail with `reason`."""
         result["weights_after"] = dict(driver.read_weights())
         if auto_rollback:
-            driver.apply_weights(before)
-            result["weights_after"] = dict(wait_for_weights(driver, before, verify_timeout,
+            back = breach_weights(before, on_breach)
+            driver.apply_weights(back)
+            result["weights_after"] = dict(wait_for_weights(driver, back, verify_timeout,
                                                             clock))
             result["rolled_back"] = True
             result["changed"] = not weights_match(result["weights_after"], before)
-            reason += "; previous weights restored (blue %s / green %s)" % (
-                before.get("blue"), before.get("green"))
+            if on_breach == "blue":
+                reason += "; everyone sent to blue (blue %s / green %s)" % (
+                    back.get("blue"), back.get("green"))
+            else:
+                reason += "; previous weights restored (blue %s / green %s)" % (
+                    before.get("blue"), before.get("green"))
         else:
             reason += "; auto_rollback is off, weights left at blue %s / green %s" % (
                 result["weights_after"].get("blue"), result["weights_after"].get("green"))
@@ -133,6 +149,9 @@ def run_step(driver, target, thresholds, bake_seconds=0, poll_interval=5.0,
     t = clock.monotonic()
     driver.apply_weights(target)
     timings["apply_seconds"] = _round(clock.monotonic() - t)
+    mark_applied = getattr(driver, "mark_applied", None)
+    if mark_applied is not None and not rollback:
+        mark_applied(clock.wall())
 
     if verify:
         t = clock.monotonic()
@@ -150,7 +169,7 @@ def run_step(driver, target, thresholds, bake_seconds=0, poll_interval=5.0,
             target["blue"], target["green"])
         return finish()
 
-    color = watched_color(target)
+    color = bake_color(before, target)
     t = clock.monotonic()
     deadline = t + max(0.0, float(bake_seconds))
     while True:
@@ -170,6 +189,20 @@ def run_step(driver, target, thresholds, bake_seconds=0, poll_interval=5.0,
         if now >= deadline:
             break
         clock.sleep(min(float(poll_interval), deadline - now))
+    if thresholds.min_sends > 0:
+        try:
+            reading = driver.sends_reading(color, thresholds)
+        except Exception as e:
+            timings["bake_seconds"] = _round(clock.monotonic() - t)
+            restore("reading the gates failed: %s" % (e,))
+        if allow_idle and reading["ok"] is False:
+            reading = dict(reading, ok=None, detail="; ".join(
+                [d for d in (reading.get("detail"), "allow_idle: not judged") if d]))
+        gates.append(reading)
+        if reading["ok"] is False:
+            timings["bake_seconds"] = _round(clock.monotonic() - t)
+            result["breach"] = reading
+            restore(breach_message(reading))
     timings["bake_seconds"] = _round(clock.monotonic() - t)
     result["msg"] = "moved to blue %s / green %s; gates passed for %ss" % (
         target["blue"], target["green"], bake_seconds)

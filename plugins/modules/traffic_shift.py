@@ -16,18 +16,23 @@ description:
   - "A step: (1) pre-check that the color gaining traffic has at least O(min_healthy) healthy
     targets; (2) apply the weights; (3) read them back until they match (O(verify));
     (4) bake for O(bake_seconds), reading the gates every O(poll_interval) seconds (at least
-    once, right after the weights are applied); (5) on a breach restore the previous weights
-    (O(auto_rollback)) and fail with a message naming the gate, its threshold and the
-    measured value."
-  - "Gates watch green, the new release (blue when the step gives green 0%): its error rate
-    and p95 latency, its healthy targets, and on AWS the named CloudWatch alarms. A gate
-    without data (no requests yet, a percentile CloudWatch does not return) is recorded as
-    a reading with no value: it neither passes nor breaches."
+    once, right after the weights are applied), then check that the watched color reported
+    at least O(min_sends) sends during the bake (gate C(sends)); (5) on a breach send
+    everyone to blue (O(on_breach), O(auto_rollback)) and fail with a message naming the
+    gate, its threshold and the measured value."
+  - "Gates watch the color gaining traffic (green in the canary's progression; the watched
+    color is green while it gets traffic when no color gains): its error rate and p95
+    latency, its healthy targets, its sends, and on AWS its ALB 5xx and the named
+    CloudWatch alarms. A rate or percentile without data (no sends yet) is recorded as a
+    reading with no value: it neither passes nor breaches; but no data at the end of the
+    bake is not a pass: fewer than O(min_sends) sends is a breach (\"insufficient data\")
+    unless O(allow_idle)."
   - Two drivers share one gating core. V(haproxy) changes the weights of two servers of one
     HAProxy backend through its runtime API, and reads the chat's C(/metrics) and HAProxy's
-    per-server counters. V(elbv2) changes the weights of an ALB listener's forward action
-    (keeping everything else of the action), and reads DescribeTargetHealth, CloudWatch
-    GetMetricData and DescribeAlarms.
+    per-server counters. V(elbv2) changes the weights of an ALB listener's weighted
+    forward (in the listener rule that forwards to both target groups if there is one,
+    else in the default action; keeping everything else of the action), and reads
+    DescribeTargetHealth, CloudWatch GetMetricData and DescribeAlarms.
   - The module is built on amazon.aws's AnsibleAWSModule for both drivers, so that one
     argument spec accepts the standard AWS connection options (and C(module_defaults) for
     C(group/aws) reach it); the V(haproxy) driver never creates an AWS client.
@@ -57,27 +62,70 @@ options:
     default: 1
   max_error_rate:
     description:
-      - Gate C(error_rate). Highest share of failed requests of the watched color, 0-1.
-      - "From O(metrics_urls) (both drivers): (increase of
+      - Gate C(error_rate). Highest share of failed sends of the watched color, 0-1.
+      - "V(elbv2) (source C(canarychat)): Sum of C(SendErrors) / Sum of C(Sends) of
+        CloudWatch namespace C(CanaryChat), dimension C(Color), over the datapoints (of
+        O(chat_period) seconds) whose period starts at or after the moment the weights
+        were applied."
+      - "From O(metrics_urls) (both drivers, source C(metrics)): (increase of
         C(chat_sends_total{outcome=error}) + increase of
         C(chat_http_requests_total{status=5xx})) / (increase of all sends + all requests)
         since the step began."
       - "V(haproxy) also: the share of 5xx among the server's HTTP responses in HAProxy's
         C(show stat), over the same time."
-      - "V(elbv2) also: C(HTTPCode_Target_5XX_Count) / C(RequestCount) of the color's
-        target group in CloudWatch over the window (see O(cloudwatch_lookback))."
     type: float
     default: 0.05
   max_p95_ms:
     description:
-      - Gate C(p95_ms). Highest 95th percentile latency of the watched color, in
+      - Gate C(p95_ms). Highest 95th percentile ack latency of the watched color, in
         milliseconds.
+      - V(elbv2) (source C(canarychat)) reads the C(p95) statistic of C(CanaryChat)
+        C(AckLatency) per O(chat_period) since the weights were applied, and gates on the
+        worst period.
       - From O(metrics_urls) (both drivers), computed from the increase of the
         C(chat_ack_latency_seconds) histogram buckets since the step began.
-      - V(elbv2) also reads the C(p95) statistic of C(TargetResponseTime) (the worst
-        period of the window).
     type: float
     default: 500
+  max_alb_5xx:
+    description:
+      - "V(elbv2) only. Gate C(alb_5xx). Highest count of 5xx answers, during the bake, of
+        C(HTTPCode_Target_5XX_Count) of the watched color's target group plus
+        C(HTTPCode_ELB_5XX_Count) of the load balancer (LoadBalancer dimension only: the
+        ALB does not attribute its own 5xx, e.g. a 502 from a crashing target, to a target
+        group)."
+      - Read per minute (ALB's period), only the minutes that start at or after the moment
+        the weights were applied; ALB reports these metrics only when they are non-zero, so
+        a minute without a datapoint counts 0. A bake shorter than two minutes may see no
+        whole minute at all.
+    type: int
+    default: 0
+  min_sends:
+    description:
+      - Gate C(sends), read once at the end of the bake. The watched color must have
+        reported at least this many sends during the bake; fewer is a breach with
+        \"insufficient data\" (no data is not a pass), unless O(allow_idle).
+      - V(elbv2) (source C(canarychat)) sums C(CanaryChat) C(Sends) of the color over
+        the datapoints since the weights were applied. V(haproxy) (source C(metrics))
+        takes the increase of the color's C(chat_sends_total) on its O(metrics_urls)
+        since the step began; a color without a reachable C(/metrics) counts no sends.
+      - V(0) turns the gate off.
+    type: int
+    default: 20
+  allow_idle:
+    description:
+      - Accept a bake with fewer than O(min_sends) sends (an empty rehearsal, nobody
+        chatting); the C(sends) reading is recorded, not judged.
+    type: bool
+    default: false
+  on_breach:
+    description:
+      - Where the weights go on a breach (with O(auto_rollback)), at once.
+      - V(blue) sends everyone to blue (blue 100 / green 0), the design's rollback; the
+        release that just failed keeps no share of new users.
+      - V(previous) restores the weights that were in place before the step.
+    type: str
+    choices: [blue, previous]
+    default: blue
   alarm_names:
     description:
       - V(elbv2) only. CloudWatch alarms that must not be in state C(ALARM) during the
@@ -96,7 +144,7 @@ options:
     type: float
     default: 5
   auto_rollback:
-    description: On a breach, restore the weights that were in place before the step.
+    description: On a breach, move the weights as O(on_breach) says.
     type: bool
     default: true
   verify:
@@ -136,8 +184,9 @@ options:
         (Prometheus text), a source of the C(error_rate) and C(p95_ms) gates (source
         C(metrics)); a color without a URL, or a URL that does not answer, gives readings
         without a value.
-      - V(haproxy) driver, the main source. V(elbv2) driver, optional, read besides
-        CloudWatch, whose ALB datapoints come only once a minute.
+      - V(haproxy) driver, the main source (and of the C(sends) gate). V(elbv2) driver,
+        optional, read besides CloudWatch (on AWS the tasks' C(/metrics) is not reachable
+        from the controller).
     type: dict
     default: {}
   metrics_timeout:
@@ -146,8 +195,10 @@ options:
     default: 3
   listener_arn:
     description:
-      - V(elbv2) only. ARN of the listener whose default forward action carries the
-        weights. Alternatively give O(load_balancer_name) and O(listener_port).
+      - V(elbv2) only. ARN of the listener carrying the weights, in its rule whose forward
+        action lists both target groups (the first by priority) if there is one, else in
+        its default forward action. Alternatively give O(load_balancer_name) and
+        O(listener_port).
     type: str
   load_balancer_name:
     description: V(elbv2) only. Name of the ALB, to look up the listener on O(listener_port).
@@ -168,21 +219,17 @@ options:
   green_target_group_name:
     description: V(elbv2) only. Name of green's target group, looked up when no ARN is given.
     type: str
-  cloudwatch_period:
+  chat_period:
     description:
-      - V(elbv2) only. Period in seconds of the CloudWatch datapoints (ALB metrics are
-        per minute).
+      - V(elbv2) only. Period in seconds of the C(CanaryChat) datapoints read (the chat
+        publishes high-resolution metrics every 10 s).
+      - Every CloudWatch window starts at the moment the weights were applied; a
+        datapoint is stamped with the start of its period, and one whose period starts
+        before that moment is dropped (it mixes in the old weights). ALB metrics are read
+        at their own period, 60 s.
     type: int
-    default: 60
-  cloudwatch_lookback:
-    description:
-      - V(elbv2) only. The CloudWatch window starts this many seconds before the step
-        (aligned down to O(cloudwatch_period)) and ends now. ALB metrics arrive per minute,
-        so green's errors of the minute before the step count against it too.
-      - The metrics are read with the dimensions ALB publishes per target group,
-        C(TargetGroup) and C(LoadBalancer), both derived from the ARNs.
-    type: int
-    default: 60
+    choices: [1, 5, 10, 20, 30, 60]
+    default: 10
 notes:
   - Check mode reads the weights and runs the pre-check (failing as the real step would
     when it refuses), and writes nothing. With C(--diff) the weights before and after are
@@ -223,6 +270,18 @@ EXAMPLES = r"""
       - canary-chat-green-p95
     bake_seconds: 120
     poll_interval: 15
+    min_sends: 20
+    on_breach: blue
+
+- name: Rehearse a step with nobody chatting (no sends to judge)
+  canarychat.platform.traffic_shift:
+    driver: elbv2
+    weight: 10
+    load_balancer_name: canary-chat
+    blue_target_group_name: chat-blue
+    green_target_group_name: chat-green
+    bake_seconds: 60
+    allow_idle: true
 
 - name: Roll back to blue now, whatever the gates say
   canarychat.platform.traffic_shift:
@@ -241,7 +300,7 @@ weights_before:
 weights_after:
   description:
     - Weights after the step. On a failure, the weights in place when the module ended
-      (the previous ones when they were restored).
+      (blue 100 / green 0 after a breach with O(on_breach=blue)).
   returned: always
   type: dict
   sample: {"blue": 50, "green": 50}
@@ -257,10 +316,12 @@ gates:
       description: When the reading was taken (seconds since the epoch).
       type: float
     gate:
-      description: C(healthy), C(error_rate), C(p95_ms) or C(alarm).
+      description: C(healthy), C(error_rate), C(p95_ms), C(sends), C(alb_5xx) or C(alarm).
       type: str
     source:
-      description: C(haproxy), C(metrics) (the chat's /metrics), C(elbv2) or C(cloudwatch).
+      description:
+        - C(haproxy), C(metrics) (the chat's /metrics), C(elbv2), C(canarychat) (the
+          chat's CloudWatch metrics) or C(cloudwatch) (ALB metrics, alarms).
       type: str
     color:
       description: The color measured.
@@ -307,7 +368,7 @@ timings:
   sample: {"apply_seconds": 0.004, "verify_seconds": 0.002, "bake_seconds": 60.01,
            "total_seconds": 60.03}
 rolled_back:
-  description: Whether the previous weights were restored after a breach.
+  description: Whether the weights were moved after a breach (O(on_breach)).
   returned: always
   type: bool
 breach:
@@ -374,8 +435,11 @@ ARGUMENT_SPEC = dict(
     green_target_group_arn=dict(type="str"),
     blue_target_group_name=dict(type="str"),
     green_target_group_name=dict(type="str"),
-    cloudwatch_period=dict(type="int", default=60),
-    cloudwatch_lookback=dict(type="int", default=60),
+    chat_period=dict(type="int", default=10, choices=[1, 5, 10, 20, 30, 60]),
+    max_alb_5xx=dict(type="int", default=0),
+    min_sends=dict(type="int", default=20),
+    allow_idle=dict(type="bool", default=False),
+    on_breach=dict(type="str", default="blue", choices=["blue", "previous"]),
 )
 
 
@@ -419,7 +483,7 @@ def elbv2_driver(module):
         arns[color] = arn
     urls = metrics_urls(module)
     return ELBv2Driver(elbv2, cloudwatch, listener_arn, arns, alarm_names=p["alarm_names"],
-                       period=p["cloudwatch_period"], lookback=p["cloudwatch_lookback"],
+                       chat_period=p["chat_period"],
                        metrics=ChatMetrics(urls, timeout=p["metrics_timeout"]) if urls else None)
 
 
@@ -436,12 +500,15 @@ def main():
     p = module.params
     if p["weight"] < 0 or p["weight"] > 100:
         module.fail_json(msg="weight must be between 0 and 100, got %s" % p["weight"])
-    if p["min_healthy"] < 0 or p["bake_seconds"] < 0 or p["poll_interval"] <= 0:
-        module.fail_json(msg="min_healthy and bake_seconds must be >= 0, poll_interval > 0")
+    if (p["min_healthy"] < 0 or p["bake_seconds"] < 0 or p["poll_interval"] <= 0
+            or p["min_sends"] < 0 or p["max_alb_5xx"] < 0):
+        module.fail_json(msg="min_healthy, bake_seconds, min_sends and max_alb_5xx must be "
+                             ">= 0, poll_interval > 0")
     if p["driver"] == "haproxy" and p["alarm_names"]:
         module.fail_json(msg="alarm_names is an elbv2 gate; the haproxy driver has no alarms")
 
-    thresholds = Thresholds(p["min_healthy"], p["max_error_rate"], p["max_p95_ms"])
+    thresholds = Thresholds(p["min_healthy"], p["max_error_rate"], p["max_p95_ms"],
+                            min_sends=p["min_sends"], max_alb_5xx=p["max_alb_5xx"])
     try:
         if p["driver"] == "haproxy":
             driver = haproxy_driver(module)
@@ -454,7 +521,8 @@ def main():
             bake_seconds=p["bake_seconds"], poll_interval=p["poll_interval"],
             auto_rollback=p["auto_rollback"], verify=p["verify"],
             verify_timeout=p["verify_timeout"], rollback=p["rollback"],
-            check_mode=module.check_mode)
+            check_mode=module.check_mode, on_breach=p["on_breach"],
+            allow_idle=p["allow_idle"])
     except StepFailed as e:
         module.fail_json(msg=e.msg, **e.result)
     except (ConfigError, RuntimeAPIError, ValueError) as e:

@@ -260,7 +260,7 @@ async def test_rehearsal_100_users_through_canary_and_rollback(
 
 
 @pytest.mark.timeout(900)
-async def test_bad_release_trips_the_gate_and_restores_the_weights(
+async def test_bad_release_trips_the_gate_and_sends_everyone_to_blue(
         local_stack: dict[str, Any]) -> None:
     rc, out = await playbook_async("site.yml", "-e", "green_fault_rate=0.3")
     assert rc == 0, out[-5000:]
@@ -288,8 +288,8 @@ async def test_bad_release_trips_the_gate_and_restores_the_weights(
             await asyncio.wait_for(loadgen, 120)
         assert rc != 0, "the canary passed a green that fails 30% of its sends"
         assert "gate error_rate breached on green" in out, out[-5000:]
-        assert "previous weights restored" in out
-        assert weights() == before
+        assert "everyone sent to blue (blue 100 / green 0)" in out
+        assert weights() == {"blue": 100, "green": 0}
     finally:
         rc, out = await playbook_async("site.yml")
         assert rc == 0, out[-5000:]

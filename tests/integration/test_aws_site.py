@@ -2,10 +2,11 @@
 
 One scenario, in order (each test depends on the ones before it, like the runbook):
 site.yml provisions every tier -> boto3 reads back every resource and setting of issue 4
--> canary.yml -e weight=50 -> a second site.yml changes nothing and keeps the canary's
-weights and ECS-registered targets -> site.yml --check succeeds and reports nothing -> a
-drifted circuit breaker is re-applied -> a 5xx burst
-on green makes canary.yml -e weight=90 refuse -> rollback.yml -> teardown.yml twice.
+-> canary.yml -e weight=50 (green publishing healthy metrics) -> a second site.yml changes
+nothing and keeps the canary's weights and ECS-registered targets -> site.yml --check
+succeeds and reports nothing -> a drifted circuit breaker is re-applied -> green's failing
+sends make canary.yml -e weight=90 trip to blue 100 -> with nobody chatting a step fails
+with "insufficient data" unless deploy_allow_idle -> rollback.yml -> teardown.yml twice.
 
 The emulator is moto's own server started through roles/data/files/dynamodb_emulator.py,
 which only adds the `TableId` moto 5.2 leaves out of DescribeTable (community.aws's
@@ -15,7 +16,6 @@ goes to aws_endpoint_url.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import re
@@ -28,6 +28,7 @@ import boto3
 import pytest
 
 from tests.conftest import REPO, VENV_BIN, Service, free_port, wait_for_http
+from tests.integration.test_traffic_shift_elbv2 import publishing
 
 pytestmark = [pytest.mark.aws, pytest.mark.integration]
 
@@ -386,9 +387,14 @@ def test_canary_to_50_reads_back_50_50(site: str, emulator: Service, aws: Aws) -
     for i, color in enumerate(("blue", "green")):
         aws.elbv2.register_targets(TargetGroupArn=tg_arn(aws, color),
                                    Targets=[{"Id": f"10.0.10.{10 + i}", "Port": 8000}])
-    rc, out, _ = playbook(emulator.url, "canary.yml", "-e", "weight=50", "-e", "bake_seconds=1")
+    # a healthy green publishing its CanaryChat metrics (a stand-in for the chat) during a
+    # bake long enough for two of its 10-second periods to start after the step
+    with publishing(aws.cloudwatch, "green", sends=5, every=0.5):
+        rc, out, _ = playbook(emulator.url, "canary.yml", "-e", "weight=50",
+                              "-e", "bake_seconds=25")
     assert rc == 0, out[-5000:]
     assert weights(aws) == {"blue": 50, "green": 50}
+    assert re.search(r"gate sends +green \(canarychat\): \d+, threshold 20: ok", out), out[-3000:]
 
 
 def test_second_site_run_changes_nothing_keeps_weights_and_registered_targets(
@@ -426,21 +432,30 @@ def test_drifted_circuit_breaker_is_reapplied(site: str, emulator: Service, aws:
         "enable": True, "rollback": True}
 
 
-def test_green_5xx_burst_makes_canary_90_refuse_and_keep_50_50(
+def test_green_send_errors_make_canary_90_trip_and_send_everyone_to_blue(
         site: str, emulator: Service, aws: Aws) -> None:
-    lb = aws.elbv2.describe_load_balancers(Names=[NAME])["LoadBalancers"][0]
-    dims = [{"Name": "TargetGroup", "Value": tg_arn(aws, "green").split(":")[-1]},
-            {"Name": "LoadBalancer", "Value": lb["LoadBalancerArn"].split(":loadbalancer/")[-1]}]
-    now = datetime.datetime.now(datetime.UTC)
-    aws.cloudwatch.put_metric_data(Namespace="AWS/ApplicationELB", MetricData=[
-        {"MetricName": "HTTPCode_Target_5XX_Count", "Dimensions": dims, "Timestamp": now,
-         "Value": 40, "Unit": "Count"},
-        {"MetricName": "RequestCount", "Dimensions": dims, "Timestamp": now,
-         "Value": 100, "Unit": "Count"}])
-    rc, out, _ = playbook(emulator.url, "canary.yml", "-e", "weight=90", "-e", "bake_seconds=1")
+    with publishing(aws.cloudwatch, "green", sends=10, errors=3, every=0.5):
+        rc, out, _ = playbook(emulator.url, "canary.yml", "-e", "weight=90",
+                              "-e", "bake_seconds=40")
     assert rc != 0
-    assert "error_rate" in out and "previous weights restored" in out
-    assert weights(aws) == {"blue": 50, "green": 50}
+    assert "gate error_rate breached on green (source canarychat): measured 0.3 > " \
+           "threshold 0.05" in out, out[-5000:]
+    assert "everyone sent to blue (blue 100 / green 0)" in out
+    assert weights(aws) == {"blue": 100, "green": 0}
+
+
+def test_canary_with_nobody_chatting_fails_with_insufficient_data_unless_allow_idle(
+        site: str, emulator: Service, aws: Aws) -> None:
+    rc, out, _ = playbook(emulator.url, "canary.yml", "-e", "weight=10",
+                          "-e", "bake_seconds=2")
+    assert rc != 0
+    assert "gate sends breached on green (source canarychat): insufficient data: measured 0" \
+           in out, out[-5000:]
+    assert weights(aws) == {"blue": 100, "green": 0}
+    rc, out, _ = playbook(emulator.url, "canary.yml", "-e", "weight=10",
+                          "-e", "bake_seconds=2", "-e", "deploy_allow_idle=true")
+    assert rc == 0, out[-5000:]
+    assert weights(aws) == {"blue": 90, "green": 10}
 
 
 def test_rollback_puts_everyone_on_blue(site: str, emulator: Service, aws: Aws) -> None:

@@ -50,6 +50,7 @@ class FakeChat:
     ready: bool = True
     faulty: bool = False  # /metrics shows failed sends and slow acks
     failing: bool = False  # HTTP answers 500 (seen by HAProxy's hrsp_5xx)
+    idle: bool = False  # nobody chats: the counters stay where they are
     sends_ok: int = 0
     sends_error: int = 0
     acks_fast: int = 0  # <= 10 ms
@@ -58,7 +59,9 @@ class FakeChat:
 
     def metrics(self) -> str:
         with self.lock:  # every scrape: 20 more sends happened since the last one
-            if self.faulty:
+            if self.idle:
+                pass
+            elif self.faulty:
                 self.sends_ok += 10
                 self.sends_error += 10
                 self.acks_slow += 10
@@ -266,17 +269,45 @@ def test_check_mode_reports_the_change_and_changes_nothing(stack: Stack) -> None
     assert stack.weights() == {"blue": 90, "green": 10}
 
 
-def test_metrics_gate_breach_restores_weights_and_names_the_gate(stack: Stack) -> None:
+def test_metrics_gate_breach_sends_everyone_to_blue_and_names_the_gate(stack: Stack) -> None:
     stack.green.faulty = True  # half of green's sends fail from now on
     res = run_module(shift_args(stack, 50, bake_seconds=20, poll_interval=0.3))
     assert res.get("failed") is True
     assert "gate error_rate breached on green (source metrics)" in res["msg"]
     assert "threshold 0.05" in res["msg"] and "measured 0.5 >" in res["msg"]
-    assert "previous weights restored" in res["msg"]
+    assert "everyone sent to blue (blue 100 / green 0)" in res["msg"]
     assert res["rolled_back"] is True
+    assert res["weights_after"] == {"blue": 100, "green": 0}
+    assert stack.weights() == {"blue": 100, "green": 0}
+    assert res["breach"]["gate"] == "error_rate" and res["breach"]["value"] == 0.5
+
+
+def test_on_breach_previous_restores_the_previous_weights(stack: Stack) -> None:
+    stack.green.faulty = True
+    res = run_module(shift_args(stack, 50, bake_seconds=20, poll_interval=0.3,
+                                on_breach="previous"))
+    assert res.get("failed") is True
+    assert "gate error_rate breached on green (source metrics)" in res["msg"]
+    assert "previous weights restored (blue 90 / green 10)" in res["msg"]
     assert res["weights_after"] == {"blue": 90, "green": 10}
     assert stack.weights() == {"blue": 90, "green": 10}
-    assert res["breach"]["gate"] == "error_rate" and res["breach"]["value"] == 0.5
+
+
+def test_a_green_nobody_uses_fails_with_insufficient_data(stack: Stack) -> None:
+    stack.green.idle = True  # green's /metrics answers, its sends never grow
+    res = run_module(shift_args(stack, 50, bake_seconds=1, poll_interval=0.3))
+    assert res.get("failed") is True
+    assert res["msg"].startswith("gate sends breached on green (source metrics): insufficient "
+                                 "data: measured 0 < threshold 20 sends during the bake")
+    assert stack.weights() == {"blue": 100, "green": 0}
+
+    stack.set_weights(90, 10)
+    res = run_module(shift_args(stack, 50, bake_seconds=1, poll_interval=0.3,
+                                allow_idle=True))
+    assert not res.get("failed"), res
+    assert stack.weights() == {"blue": 50, "green": 50}
+    sends = res["gates"][-1]
+    assert sends["gate"] == "sends" and sends["value"] == 0 and sends["ok"] is None
 
 
 def test_p95_gate_breach(stack: Stack) -> None:
@@ -286,7 +317,7 @@ def test_p95_gate_breach(stack: Stack) -> None:
     assert res.get("failed") is True
     assert "gate p95_ms breached on green (source metrics)" in res["msg"]
     assert "threshold 500" in res["msg"]
-    assert stack.weights() == {"blue": 90, "green": 10}
+    assert stack.weights() == {"blue": 100, "green": 0}
 
 
 def test_haproxy_5xx_counters_are_a_second_gate_source(stack: Stack) -> None:
@@ -309,7 +340,7 @@ def test_haproxy_5xx_counters_are_a_second_gate_source(stack: Stack) -> None:
         t.join(5)
     assert res.get("failed") is True
     assert "gate error_rate breached on green (source haproxy)" in res["msg"]
-    assert stack.weights() == {"blue": 50, "green": 50}
+    assert stack.weights() == {"blue": 100, "green": 0}
 
 
 def test_precheck_refuses_when_green_is_down(stack: Stack) -> None:

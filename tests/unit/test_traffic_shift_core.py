@@ -297,6 +297,80 @@ def test_cloudwatch_no_data_is_no_reading_not_zero() -> None:
     assert core.worst([0.2, 0.9, 0.1]) == 0.9
 
 
-def test_window_starts_a_lookback_before_the_step_on_a_period_boundary() -> None:
-    assert core.window_start(1000.0, 60, 60) == 900.0
-    assert core.window_start(1030.0, 0, 60) == 1020.0
+def test_period_start_rounds_down_like_cloudwatch() -> None:
+    # GetMetricData rounds StartTime down (to the minute; to the 10-second division for a
+    # period of 10) and stamps each datapoint with the start of its period.
+    assert core.period_start(1030.0, 60) == 1020.0
+    assert core.period_start(1033.5, 10) == 1030.0
+    assert core.period_start(1020.0, 60) == 1020.0
+
+
+def test_windows_start_at_apply_time_never_the_period_before() -> None:
+    applied = 1033.5  # inside the period stamped 1030, which began before the weights moved
+    values, stamps = core.since_apply([1040.0, 1030.0, 1050.0, 1020.0],
+                                      [2.0, 99.0, 3.0, 50.0], applied)
+    assert stamps == [1040.0, 1050.0] and values == [2.0, 3.0]
+    # a period starting exactly at the apply time counts
+    assert core.since_apply([1030.0], [7.0], 1030.0) == ([7.0], [1030.0])
+    assert core.since_apply([], [], applied) == ([], [])
+    assert core.since_apply([1040.0], [None], applied) == ([], [])
+
+
+def test_sends_gate_no_data_is_a_breach_named_insufficient_data() -> None:
+    t = core.Thresholds(min_sends=20)
+    assert core.judge(core.GATE_SENDS, 20, t) is True
+    assert core.judge(core.GATE_SENDS, 19, t) is False
+    assert core.judge(core.GATE_SENDS, 0, t) is False
+    assert core.judge(core.GATE_SENDS, None, t) is False  # no data is not a pass
+    r = core.make_reading(core.GATE_SENDS, "canarychat", "green", 3, t, 1.0)
+    assert r["ok"] is False and r["threshold"] == 20
+    assert core.breach_message(r) == (
+        "gate sends breached on green (source canarychat): insufficient data: measured 3 < "
+        "threshold 20 sends during the bake")
+
+
+def test_alb_5xx_gate_is_a_count() -> None:
+    t = core.Thresholds(max_alb_5xx=0)
+    assert core.judge(core.GATE_ALB_5XX, 0, t) is True
+    assert core.judge(core.GATE_ALB_5XX, 1, t) is False
+    assert core.judge(core.GATE_ALB_5XX, 3, core.Thresholds(max_alb_5xx=3)) is True
+    r = core.make_reading(core.GATE_ALB_5XX, "cloudwatch", "green", 4, t, 1.0)
+    assert core.breach_message(r) == (
+        "gate alb_5xx breached on green (source cloudwatch): measured 4 > threshold 0")
+
+
+def test_breach_weights_blue_or_previous() -> None:
+    before = {"blue": 50, "green": 50}
+    assert core.breach_weights(before, "blue") == {"blue": 100, "green": 0}
+    assert core.breach_weights(before, "previous") == before
+    with pytest.raises(ValueError):
+        core.breach_weights(before, "green")
+
+
+def test_bake_watches_the_gaining_color() -> None:
+    assert core.bake_color({"blue": 90, "green": 10}, {"blue": 50, "green": 50}) == "green"
+    assert core.bake_color({"blue": 50, "green": 50}, {"blue": 90, "green": 10}) == "blue"
+    assert core.bake_color({"blue": 50, "green": 50}, {"blue": 50, "green": 50}) == "green"
+
+
+def rule(arn: str, priority: str, groups: list[str], default: bool = False) -> dict:
+    return {"RuleArn": arn, "Priority": priority, "IsDefault": default, "Actions": [{
+        "Type": "forward", "Order": 1,
+        "ForwardConfig": {"TargetGroups": [{"TargetGroupArn": g, "Weight": 1}
+                                           for g in groups]}}]}
+
+
+def test_weighted_rule_is_the_rule_forwarding_to_both_target_groups() -> None:
+    arns = {"blue": BLUE, "green": GREEN}
+    fixed_403 = {"RuleArn": "r-default", "Priority": "default", "IsDefault": True,
+                 "Actions": [{"Type": "fixed-response", "FixedResponseConfig": {
+                     "StatusCode": "403"}}]}
+    only_blue = rule("r-blue", "5", [BLUE])
+    both = rule("r-both", "10", [BLUE, GREEN])
+    also_both = rule("r-later", "20", [GREEN, BLUE, OTHER])
+    assert core.weighted_rule([fixed_403, also_both, only_blue, both], arns)["RuleArn"] == \
+        "r-both"
+    # no rule forwards to both: the weights are in the default action
+    assert core.weighted_rule([fixed_403, only_blue], arns) is None
+    assert core.weighted_rule([rule("r-def", "default", [BLUE, GREEN], default=True)],
+                              arns) is None

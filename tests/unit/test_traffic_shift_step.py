@@ -41,6 +41,8 @@ class FakeDriver:
         self.healthy = healthy or {"blue": 1, "green": 1}
         self.error_rates = list(error_rates or [0.0])
         self.lag_reads = lag_reads  # reads that still return the old weights after a write
+        self.sends: int | None = 100
+        self.marked_at: int | None = None
         self.applied: list[dict[str, int]] = []
         self.log: list[str] = []
         self._stale: dict[str, int] | None = None
@@ -68,6 +70,13 @@ class FakeDriver:
     def start_bake(self, step_start: float) -> None:
         self.log.append("start_bake")
 
+    def mark_applied(self, ts: float) -> None:
+        self.marked_at = len(self.log)  # position in the log, kept out of the log itself
+
+    def sends_reading(self, color: str, thresholds: core.Thresholds) -> dict:
+        self.log.append("sends:" + color)
+        return core.make_reading(core.GATE_SENDS, "fake", color, self.sends, thresholds, 0)
+
     def bake_readings(self, color: str, thresholds: core.Thresholds) -> list[dict]:
         self.log.append("bake:" + color)
         rate = self.error_rates.pop(0) if len(self.error_rates) > 1 else self.error_rates[0]
@@ -76,6 +85,7 @@ class FakeDriver:
 
 B90 = {"blue": 90, "green": 10}
 B50 = {"blue": 50, "green": 50}
+BLUE100 = {"blue": 100, "green": 0}
 
 
 def test_a_passing_step_applies_verifies_and_bakes_for_bake_seconds() -> None:
@@ -102,10 +112,25 @@ def test_bake_zero_still_reads_every_gate_once() -> None:
     assert {g["gate"] for g in res["gates"]} == {"healthy", "error_rate"}
 
 
-def test_breach_restores_previous_weights_and_fails_naming_the_gate() -> None:
+def test_breach_sends_everyone_to_blue_at_once_and_fails_naming_the_gate() -> None:
     d = FakeDriver(B90, error_rates=[0.0, 0.3])
     with pytest.raises(step.StepFailed) as e:
         step.run_step(d, B50, T, bake_seconds=60, poll_interval=5, clock=FakeClock())
+    assert d.applied == [B50, BLUE100]
+    assert d.weights == BLUE100
+    assert "gate error_rate breached on green" in e.value.msg
+    assert "measured 0.3 > threshold 0.05" in e.value.msg
+    assert "everyone sent to blue (blue 100 / green 0)" in e.value.msg
+    res = e.value.result
+    assert res["rolled_back"] is True and res["weights_after"] == BLUE100
+    assert res["changed"] is True  # blue 90 / green 10 before, blue 100 / green 0 now
+
+
+def test_on_breach_previous_restores_the_previous_weights() -> None:
+    d = FakeDriver(B90, error_rates=[0.0, 0.3])
+    with pytest.raises(step.StepFailed) as e:
+        step.run_step(d, B50, T, bake_seconds=60, poll_interval=5, clock=FakeClock(),
+                      on_breach="previous")
     assert d.applied == [B50, B90]
     assert d.weights == B90
     assert "gate error_rate breached on green" in e.value.msg
@@ -174,7 +199,7 @@ def test_unchanged_weights_do_nothing() -> None:
 def test_weights_that_never_read_back_are_restored_and_fail() -> None:
     d = FakeDriver(B90, lag_reads=10_000)
     with pytest.raises(step.StepFailed) as e:
-        step.run_step(d, B50, T, verify_timeout=2, clock=FakeClock())
+        step.run_step(d, B50, T, verify_timeout=2, clock=FakeClock(), on_breach="previous")
     assert "did not read back within 2" in e.value.msg
     assert d.applied == [B50, B90]
 
@@ -188,4 +213,60 @@ def test_a_gate_that_cannot_be_read_backs_out() -> None:
     with pytest.raises(step.StepFailed) as e:
         step.run_step(d, B50, T, clock=FakeClock())
     assert "reading the gates failed: metrics endpoint exploded" in e.value.msg
-    assert d.weights == B90
+    assert d.weights == BLUE100
+
+
+TS = core.Thresholds(min_healthy=1, max_error_rate=0.05, max_p95_ms=500, min_sends=20)
+
+
+def test_the_bake_ends_with_the_sends_gate_after_the_weights_were_applied() -> None:
+    d = FakeDriver(B90)
+    res = step.run_step(d, B50, TS, bake_seconds=10, poll_interval=5, clock=FakeClock())
+    assert d.marked_at is not None
+    assert d.log.index("apply") < d.marked_at <= d.log.index("bake:green")
+    assert d.log[-1] == "sends:green" and d.log.count("sends:green") == 1
+    assert res["gates"][-1]["gate"] == "sends" and res["gates"][-1]["ok"] is True
+
+
+def test_too_few_sends_is_insufficient_data_and_sends_everyone_to_blue() -> None:
+    for sends in (19, 0, None):
+        d = FakeDriver(B90, error_rates=[None])  # no rate either: nothing to judge
+        d.sends = sends
+        with pytest.raises(step.StepFailed) as e:
+            step.run_step(d, B50, TS, bake_seconds=10, poll_interval=5, clock=FakeClock())
+        assert "gate sends breached on green" in e.value.msg
+        assert "insufficient data" in e.value.msg and "threshold 20" in e.value.msg
+        assert d.weights == BLUE100
+        assert e.value.result["breach"]["gate"] == "sends"
+
+
+def test_allow_idle_records_the_sends_without_judging_them() -> None:
+    d = FakeDriver(B90, error_rates=[None])
+    d.sends = 2
+    res = step.run_step(d, B50, TS, bake_seconds=10, poll_interval=5, clock=FakeClock(),
+                        allow_idle=True)
+    assert d.weights == B50
+    last = res["gates"][-1]
+    assert last["gate"] == "sends" and last["value"] == 2 and last["ok"] is None
+    assert "allow_idle" in last["detail"]
+
+
+def test_min_sends_zero_reads_no_sends() -> None:
+    d = FakeDriver(B90)
+    step.run_step(d, B50, T, bake_seconds=5, poll_interval=5, clock=FakeClock())
+    assert not any(e.startswith("sends") for e in d.log)
+
+
+def test_rollback_reads_no_sends_and_marks_no_apply_time() -> None:
+    d = FakeDriver(B50)
+    d.sends = 0
+    step.run_step(d, BLUE100, TS, rollback=True, clock=FakeClock())
+    assert d.weights == BLUE100
+    assert d.marked_at is None and not any(e.startswith("sends") for e in d.log)
+
+
+def test_breach_without_auto_rollback_moves_nothing_whatever_on_breach() -> None:
+    d = FakeDriver(B90, error_rates=[0.9])
+    with pytest.raises(step.StepFailed):
+        step.run_step(d, B50, T, auto_rollback=False, on_breach="blue", clock=FakeClock())
+    assert d.applied == [B50]
