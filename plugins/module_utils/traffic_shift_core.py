@@ -350,13 +350,17 @@ def _int(value):
 
 
 def server_responses(row):
-    """(5xx responses, all responses) counters of one `show stat` server row."""
-    total = sum(_int(row.get(f)) for f in HRSP_FIELDS)
+    """(5xx responses, responses that were not client faults) of one `show stat` row.
+
+    4xx answers are the client's fault: a hostile audience sending junk must not dilute
+    the rate, so they stay out of the denominator as they stay out of the numerator.
+    """
+    total = sum(_int(row.get(f)) for f in HRSP_FIELDS if f != "hrsp_4xx")
     return _int(row.get("hrsp_5xx")), total
 
 
 def haproxy_5xx_rate(before_row, after_row):
-    """Share of a server's HTTP responses that were 5xx between two `show stat` reads."""
+    """Share of a server's HTTP responses (4xx aside) that were 5xx between two reads."""
     e0, t0 = server_responses(before_row)
     e1, t1 = server_responses(after_row)
     total = counter_delta(t0, t1)

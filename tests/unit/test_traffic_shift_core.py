@@ -211,6 +211,18 @@ def test_haproxy_5xx_rate_from_counter_deltas() -> None:
     assert core.haproxy_5xx_rate(before, before) is None
 
 
+def test_haproxy_5xx_rate_ignores_client_faults() -> None:
+    rows = core.parse_show_stat(SHOW_STAT)
+    before = core.stat_row(rows, "chat", "green")
+    assert before is not None
+    four = int(before.get("hrsp_4xx") or 0)
+    # +18 2xx, +2 5xx and +500 4xx (junk from the audience): still 2 of 20
+    after = dict(before, hrsp_2xx="35", hrsp_5xx="5", hrsp_4xx=str(four + 500))
+    assert core.haproxy_5xx_rate(before, after) == pytest.approx(0.1)
+    only_junk = dict(before, hrsp_4xx=str(four + 500))
+    assert core.haproxy_5xx_rate(before, only_junk) is None
+
+
 def test_parse_get_weight() -> None:
     assert core.parse_get_weight("10 (initial 90)\n") == 10
     with pytest.raises(ValueError):
