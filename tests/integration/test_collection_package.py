@@ -57,7 +57,8 @@ MUST_HOLD = [
 MUST_NOT_HOLD = ["bench", "scripts", "tests", ".ci", ".github", "collections",
                  "extensions/molecule", ".venv", ".git", ".pytest_cache", ".mypy_cache",
                  ".ruff_cache", ".hypothesis", "Makefile", "requirements-dev.txt",
-                 "pyproject.toml", "ansible.cfg", ".gitignore", ".ansible-lint"]
+                 "pyproject.toml", "ansible.cfg", ".gitignore", ".ansible-lint",
+                 "changelogs/.plugin-cache.yaml"]
 
 
 def _env(collections: Path, home: Path) -> dict[str, str]:
