@@ -55,7 +55,7 @@ MUST_HOLD = [
 ]
 # Development tooling: none of it, nothing below it.
 MUST_NOT_HOLD = ["bench", "scripts", "tests", ".ci", ".github", "collections",
-                 "extensions/molecule", ".venv", ".git", ".pytest_cache", ".mypy_cache",
+                 "extensions", ".venv", ".git", ".pytest_cache", ".mypy_cache",
                  ".ruff_cache", ".hypothesis", "Makefile", "requirements-dev.txt",
                  "pyproject.toml", "ansible.cfg", ".gitignore", ".ansible-lint",
                  "changelogs/.plugin-cache.yaml"]
