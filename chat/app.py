@@ -410,11 +410,9 @@ def create_app(config: Config) -> Sanic:
         except ValueError as e:
             return _problem(400, str(e))
         try:
-            items = await store.query(room, since=since, limit=limit)
+            messages = await store.messages_page(room, since=since, limit=limit)
         except StoreUnavailable:
             return _problem(503, "storage unavailable")
-        from .store import item_to_message
-        messages = [m for m in (item_to_message(it) for it in items) if m is not None]
         return json_response({"room": room, "messages": messages},
                              headers={"Cache-Control": "no-store"})
 

@@ -43,6 +43,10 @@ DEDUP_SECONDS = 600
 CONNECTION_TTL_SECONDS = 24 * 3600
 STALE_CLAIM_MS = 10_000  # a claimed client_id whose message never appeared
 VOID_GRACE_SECONDS = 2.0  # close() waits this long for the voids in flight
+# messages_page() reads at most this many pages of one room: a run of void numbers longer than
+# the pages cover shortens the answer instead of reading the table without end.
+MESSAGES_MAX_PAGES = 8
+QUERY_LIMIT_MAX = 1000  # the largest page messages_page() asks for
 
 
 class StoreUnavailable(Exception):
@@ -444,6 +448,40 @@ class MessageStore:
             kwargs["ExclusiveStartKey"] = r["LastEvaluatedKey"]
         items.sort(key=lambda it: int(it["seq"]["N"]))
         return items
+
+    async def messages_page(self, room: str, *, since: int | None, limit: int
+                       ) -> list[dict[str, Any]]:
+        """Message frames, oldest first: the first `limit` messages with seq > `since`, or
+        the latest `limit` without `since`. Void numbers are skipped and not counted.
+
+        Each page asks for the messages still missing plus as many items as there were
+        voids so far (voids are rare: one per resend whose original was stored, or per
+        failed write), so a room without voids costs the one query it always did. At most
+        MESSAGES_MAX_PAGES pages are read; only a longer run of voids than they cover
+        returns fewer than `limit` messages although more exist."""
+        found: list[dict[str, Any]] = []
+        voids = 0
+        kwargs: dict[str, Any] = {
+            "TableName": self.messages, "ConsistentRead": True,
+            "KeyConditionExpression": "room = :r AND seq > :s",
+            "ExpressionAttributeValues": {":r": {"S": room},
+                                          ":s": {"N": str(since if since is not None else 0)}},
+            "ScanIndexForward": since is not None,
+        }
+        for _ in range(MESSAGES_MAX_PAGES):
+            page = min(QUERY_LIMIT_MAX, limit - len(found) + voids)
+            r = await self._call("query", Limit=page, **kwargs)
+            for it in r.get("Items", []):
+                msg = item_to_message(it)
+                if msg is None:
+                    voids += 1
+                elif len(found) < limit:
+                    found.append(msg)
+            if len(found) >= limit or "LastEvaluatedKey" not in r:
+                break
+            kwargs["ExclusiveStartKey"] = r["LastEvaluatedKey"]
+        found.sort(key=lambda m: int(m["seq"]))
+        return found
 
     async def range(self, room: str, first: int, last: int) -> dict[int, dict[str, Any] | None]:
         """Items with first <= seq <= last that exist: seq -> message frame (None: void)."""

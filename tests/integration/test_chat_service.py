@@ -107,6 +107,38 @@ async def test_resend_of_same_client_id_is_stored_and_delivered_once(chat_pair):
         await c.close()
 
 
+async def test_history_api_limit_counts_messages_not_voided_numbers(chat_pair):
+    # docs/protocol.md: "the first `limit` messages with `seq > since`". Each resend of an
+    # acked client_id takes a number and voids it; those numbers must not fill the page.
+    blue, green = chat_pair
+    room = new_room()
+    a = await ChatClient.connect(blue.ws_url(room, "a"))
+    texts = ["m1", "m2", "m3", "m4", "m5", "m6"]
+    acks: list[int] = []
+    for i, t in enumerate(texts):
+        cid = await a.send(t)
+        await a.wait_for(lambda cid=cid: cid in a.acks)
+        acks.append(a.acks[cid])
+        if i in (1, 3):  # resend, on the other instance, after m2 and after m4 (twice)
+            again = await ChatClient.connect(green.ws_url(room, "a", since=acks[-1]))
+            for _ in range(1 + (i == 3)):
+                await again.send(t, client_id=cid)
+                await again.wait_for(lambda c=again, k=cid: c.acks.get(k) == acks[-1])
+                again.acks.pop(cid)
+            await again.close()
+    assert acks[:2] == [1, 2] and acks[2] > 3 and acks[4] > acks[3] + 1, acks  # voids between
+    status, body = blue.get(f"/api/rooms/{room}/messages?since=0&limit=5")
+    assert status == 200
+    got = json.loads(body)["messages"]
+    assert [m["text"] for m in got] == texts[:5]
+    assert [m["seq"] for m in got] == acks[:5]
+    _, body = green.get(f"/api/rooms/{room}/messages?since={acks[1]}&limit=2")
+    assert [m["text"] for m in json.loads(body)["messages"]] == ["m3", "m4"]
+    _, body = blue.get(f"/api/rooms/{room}/messages?limit=4")  # the latest 4
+    assert [m["text"] for m in json.loads(body)["messages"]] == texts[2:]
+    await a.close()
+
+
 async def test_resume_with_since_after_a_dropped_connection(chat_pair):
     blue, green = chat_pair
     room = new_room()

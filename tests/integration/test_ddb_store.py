@@ -116,3 +116,60 @@ async def test_a_resend_is_never_acked_with_another_senders_message(
     again = await store.append(room="x", user_id=2, name="b", text="theirs", client_id="B",
                                color="green")
     assert again.duplicate and again.seq == resent.seq
+
+
+async def _room_with_voids(store: MessageStore, room: str, pattern: str) -> list[int]:
+    """Fill `room` by `pattern`: 'm' stores a message, 'v' voids the next number (a resend
+    of the room's first message: its claim names a stored seq, so the number it took is
+    voided). Returns the seqs of the stored messages."""
+    stored: list[int] = []
+    for i, kind in enumerate(pattern):
+        cid = "first" if kind == "v" or not stored else f"k{i}"
+        r = await store.append(room=room, user_id=1, name="n", text=f"t{i}", client_id=cid,
+                               color="blue")
+        if kind == "m":
+            assert not r.duplicate
+            stored.append(r.seq)
+        else:
+            assert r.duplicate and r.seq == stored[0]
+    return stored
+
+
+async def test_messages_count_messages_never_void_numbers(store: MessageStore) -> None:
+    # seq: 1 m, 2 m, 3 void, 4 m, 5 void, 6 void, 7 m, 8 m, 9 m, 10 void
+    stored = await _room_with_voids(store, "h", "mmvmvvmmmv")
+    assert stored == [1, 2, 4, 7, 8, 9]
+    raw = await store.query("h", since=0, limit=5)
+    assert [int(i["seq"]["N"]) for i in raw] == [1, 2, 3, 4, 5]  # raw items count voids
+    got = await store.messages_page("h", since=0, limit=5)
+    assert [m["seq"] for m in got] == [1, 2, 4, 7, 8]
+    assert [m["text"] for m in got] == ["t0", "t1", "t3", "t6", "t7"]
+    assert [m["seq"] for m in await store.messages_page("h", since=2, limit=2)] == [4, 7]
+    assert [m["seq"] for m in await store.messages_page("h", since=4, limit=1)] == [7]
+    # the end of the room comes first: fewer than limit
+    assert [m["seq"] for m in await store.messages_page("h", since=7, limit=5)] == [8, 9]
+    assert await store.messages_page("h", since=9, limit=5) == []
+    # the latest `limit`, oldest first, skipping the void 10 at the end and 5, 6 inside
+    assert [m["seq"] for m in await store.messages_page("h", since=None, limit=3)] == [7, 8, 9]
+    assert [m["seq"] for m in await store.messages_page("h", since=None, limit=4)] == [4, 7, 8, 9]
+    assert [m["seq"] for m in await store.messages_page("h", since=None, limit=50)] == stored
+
+
+async def test_messages_read_past_a_run_of_voids_longer_than_the_limit(
+        store: MessageStore) -> None:
+    stored = await _room_with_voids(store, "run", "m" + "v" * 12 + "mm")
+    assert stored == [1, 14, 15]
+    assert [m["seq"] for m in await store.messages_page("run", since=1, limit=2)] == [14, 15]
+    assert [m["seq"] for m in await store.messages_page("run", since=None, limit=2)] == [14, 15]
+    assert [m["seq"] for m in await store.messages_page("run", since=None, limit=3)] == stored
+
+
+async def test_messages_stop_after_the_page_bound(store: MessageStore,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # one page of 1 item (a void) is all the bound allows: the answer is short, not endless
+    import chat.store
+    await _room_with_voids(store, "b", "mvvm")
+    monkeypatch.setattr(chat.store, "MESSAGES_MAX_PAGES", 1)
+    assert await store.messages_page("b", since=1, limit=1) == []
+    monkeypatch.setattr(chat.store, "MESSAGES_MAX_PAGES", 2)
+    assert [m["seq"] for m in await store.messages_page("b", since=1, limit=1)] == [4]
