@@ -34,8 +34,10 @@ description:
     else in the default action; keeping everything else of the action), and reads
     DescribeTargetHealth, CloudWatch GetMetricData and DescribeAlarms.
   - The module is built on amazon.aws's AnsibleAWSModule for both drivers, so that one
-    argument spec accepts the standard AWS connection options (and C(module_defaults) for
-    C(group/aws) reach it); the V(haproxy) driver never creates an AWS client.
+    argument spec accepts the standard AWS connection options; C(module_defaults) for
+    C(group/canarychat.platform.aws) reach it (meta/runtime.yml extends that group with
+    amazon.aws's and community.aws's modules), C(group/aws) does not. The V(haproxy) driver
+    never creates an AWS client.
   - O(rollback=true) moves the weights at once, with neither pre-check nor bake, because
     a failing gate must never block a rollback.
 author:
