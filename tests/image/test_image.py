@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -21,69 +20,21 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.chatstack import ADMIN_TOKEN, ChatClient, ChatStack, http
-from tests.conftest import REPO, Service, free_port, wait_for_http
+from tests.conftest import Service, free_port, wait_for_http
+from tests.image.conftest import Built, buildah, image_env, needs_buildah
 
-pytestmark = [pytest.mark.image, pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.image, pytest.mark.integration, pytest.mark.timeout(900),
+              needs_buildah]
 
-TAG = "localhost/canary-chat:image-test"
 # The layers the project adds on the base (the pinned requirements and chat/), uncompressed,
 # as `buildah push IMAGE dir:` writes them; measured at 72 MiB (docs/image.md). The bound
 # catches a dependency or a directory the image should not carry (Ansible alone is ~150 MiB).
 PROJECT_LAYERS_MAX = 100 * 1024 * 1024
 DRAIN_SECONDS = 2
-
-
-def buildah_unusable() -> str | None:
-    """Why buildah cannot build and run images here, or None."""
-    if shutil.which("buildah") is None:
-        return "buildah is not installed (scripts/setup.sh installs it)"
-    r = subprocess.run(["buildah", "info"], capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        return f"buildah cannot run here: {r.stderr.strip()[:300]}"
-    return None
-
-
-_why = buildah_unusable()
-if _why is not None:
-    pytestmark.append(pytest.mark.skip(reason=_why))
-
-
-def buildah(*args: str, timeout: float = 120) -> str:
-    r = subprocess.run(["buildah", *args], capture_output=True, text=True, timeout=timeout)
-    if r.returncode != 0:
-        raise AssertionError(f"buildah {' '.join(args)}: {r.stderr[-2000:]}")
-    return r.stdout
-
-
-@dataclass
-class Built:
-    tag: str
-    base: str
-    config: dict[str, Any]  # `buildah inspect --type image`'s Docker config (Env, Cmd, ...)
-    build_seconds: float
-
-
-@pytest.fixture(scope="session")
-def image() -> Built:
-    base = subprocess.run(["bash", "scripts/image.sh", "base"], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
-    assert base.returncode == 0, base.stderr[-3000:]
-    t0 = time.monotonic()
-    built = subprocess.run(["bash", "scripts/image.sh", "build", TAG], cwd=REPO,
-                           capture_output=True, text=True, timeout=600)
-    assert built.returncode == 0, built.stderr[-3000:]
-    seconds = time.monotonic() - t0
-    info = json.loads(buildah("inspect", "--type", "image", TAG))
-    return Built(TAG, base.stdout.strip(), info["Docker"]["config"], seconds)
-
-
-def image_env(cfg: dict[str, Any]) -> dict[str, str]:
-    return dict(e.split("=", 1) for e in cfg.get("Env") or [])
 
 
 @dataclass
