@@ -5,7 +5,8 @@ with the image the image test runs (`buildah inspect`): port, stop timeout again
 health check, and the environment variables the image's program reads.
 
 The role's registered facts (IAM role ARNs, the Redis endpoint, the account) are stand-ins:
-nothing compared here depends on them.
+nothing compared here depends on them. Each rendered definition is registered on the DynamoDB
+emulator's ECS (moto) and the comparisons read what DescribeTaskDefinition returns.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import boto3
 import pytest
 import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
 
-from tests.conftest import REPO
+from tests.conftest import REPO, Service
 from tests.image.conftest import Built, image_env, needs_buildah
 
 pytestmark = [pytest.mark.image, needs_buildah]
@@ -77,8 +79,19 @@ def render_container(color: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def containers() -> dict[str, dict[str, Any]]:
-    return {c: render_container(c) for c in ("blue", "green")}
+def containers(moto_server: Service) -> dict[str, dict[str, Any]]:
+    """Each color's rendered container definition, registered on the emulator's ECS (which
+    validates it against the API's shapes) and read back as ECS describes it."""
+    ecs = boto3.client("ecs", endpoint_url=moto_server.url, region_name="ap-northeast-2")
+    out = {}
+    for color in ("blue", "green"):
+        family = f"image-test-chat-{color}"
+        ecs.register_task_definition(
+            family=family, requiresCompatibilities=["FARGATE"], networkMode="awsvpc",
+            cpu="256", memory="512", containerDefinitions=[render_container(color)])
+        described = ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]
+        (out[color],) = described["containerDefinitions"]
+    return out
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
