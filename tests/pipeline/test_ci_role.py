@@ -101,7 +101,8 @@ def test_policies_are_written_out_and_scoped(iam):
         "StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
 
 
-def test_second_and_check_runs_change_nothing_and_provision_can_be_left_out(moto_server: Service, iam):
+def test_second_and_check_runs_change_nothing_and_provision_can_be_left_out(
+        moto_server: Service, iam):
     rc, out, changed = playbook(moto_server.url, "-e", f"github_repository={REPOSITORY}")
     assert rc == 0 and changed == 0, out[-4000:]
     rc, out, changed = playbook(moto_server.url, "-e", f"github_repository={REPOSITORY}",

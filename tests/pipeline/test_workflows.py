@@ -74,9 +74,9 @@ def documented_variables() -> set[str]:
 
 @pytest.fixture(scope="module")
 def deploy() -> list[Command]:
-    return [parse_playbook_command(r.replace('"$CHAT_IMAGE"', "IMAGE"))
+    return [parse_playbook_command(line.strip().replace('"$CHAT_IMAGE"', "IMAGE"))
             for r in runs(workflow("release.yml")["jobs"]["deploy"])
-            if "ansible-playbook" in r]
+            for line in r.splitlines() if "ansible-playbook" in line]
 
 
 def test_pull_requests_run_every_check_of_make_test():
