@@ -33,7 +33,10 @@ def playbook(url: str, *extra: str) -> tuple[int, str, int]:
     proc = subprocess.run(
         [str(VENV_BIN / "ansible-playbook"), "-i", "inventories/aws", "playbooks/ci_role.yml",
          "-e", f"aws_endpoint_url={url}", *extra],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False)
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False,
+        # not the session's stdin: an asyncio test before may leave it non-blocking, which
+        # ansible-playbook refuses
+        stdin=subprocess.DEVNULL)
     out = proc.stdout + proc.stderr
     changed = sum(int(n) for n in re.findall(r"\bchanged=(\d+)", out.split("PLAY RECAP")[-1]))
     return proc.returncode, out, changed
