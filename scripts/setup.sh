@@ -8,7 +8,10 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # System packages: Python venv support, the real components the stack and the tests use.
-APT_PACKAGES=(python3 python3-venv python3-pip redis-server haproxy socat chromium git make curl procps)
+# buildah and debootstrap: the image test (tests/image, scripts/image.sh) builds and runs
+# chat/Dockerfile without a Docker engine or a registry.
+APT_PACKAGES=(python3 python3-venv python3-pip redis-server haproxy socat chromium git make curl procps
+  buildah debootstrap)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

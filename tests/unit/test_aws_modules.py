@@ -39,6 +39,7 @@ OUR_AWS_MODULES = [
     "cloudfront_origin_access_control",
     "ec2_managed_prefix_list_info",
     "elb_load_balancer_attributes",
+    "iam_openid_connect_provider",
 ]
 
 
