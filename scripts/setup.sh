@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # buildah and debootstrap: the image test (tests/image, scripts/image.sh) builds and runs
 # chat/Dockerfile without a Docker engine or a registry.
 APT_PACKAGES=(python3 python3-venv python3-pip redis-server haproxy socat chromium git make curl procps
-  buildah debootstrap)
+  buildah debootstrap shellcheck)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
