@@ -19,8 +19,8 @@ description:
     fixed response (403 by default) as its default action.
   - The weighted forward lives in the rule. Its weights are written only when the rule is
     created (O(target_groups) weights, or, when the listener's default action already is a
-    forward over the same target groups, that action's current weights: the migration of a
-    listener that forwarded by default). An existing rule's actions are never touched: the
+    forward over the same target groups, that action's current weights, which migrates a
+    listener that forwarded by default). An existing rule's actions are never touched; the
     weights belong to C(canarychat.platform.traffic_shift).
   - The rule is the listener rule whose forward action lists exactly the target groups of
     O(target_groups). Its condition is compared and modified when it differs.
