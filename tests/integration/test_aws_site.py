@@ -619,18 +619,21 @@ def _leftovers(aws: Aws) -> list[str]:
 
 
 @pytest.mark.timeout(900)  # two teardowns
-def test_teardown_waits_for_network_interfaces_bounded(
+def test_teardown_waits_for_interfaces_using_our_groups_bounded(
         site: str, emulator: Service, aws: Aws) -> None:
     # a Fargate task's interface outlives its task by minutes; the emulator drops it at once,
     # so one is made by hand in a private subnet
     eni = aws.ec2.create_network_interface(
         SubnetId=subnets(aws)[f"{NAME}-private-a"]["SubnetId"],
         Groups=[group(aws, f"{NAME}-tasks")["GroupId"]])["NetworkInterface"]["NetworkInterfaceId"]
-    # bounded: two tries one second apart, then the play fails and the VPC is still there
-    rc, out, _ = playbook(emulator.url, "teardown.yml", "-e", "network_teardown_retries=2",
-                          "-e", "network_teardown_delay=1")
+    wait = "Wait until no network interface uses our security groups"
+    # bounded: two tries one second apart, then the play fails and the groups are still there
+    rc, out, _ = playbook(emulator.url, "teardown.yml", "-e", "security_teardown_retries=2",
+                          "-e", "security_teardown_delay=1")
     assert rc != 0
-    assert "Wait until the VPC's network interfaces are released" in out.split("fatal:")[0]
+    assert wait in out.split("fatal:")[0]
+    assert 1 <= out.count(f"FAILED - RETRYING: [localhost]: {wait}") <= 3
+    assert group(aws, f"{NAME}-tasks")
     assert aws.ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": [NAME]}])["Vpcs"]
     # released while teardown waits: it goes on and finishes
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
@@ -638,20 +641,20 @@ def test_teardown_waits_for_network_interfaces_bounded(
                PATH=f"{VENV_BIN}:{os.environ['PATH']}", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [str(VENV_BIN / "ansible-playbook"), "-i", "inventories/aws", "teardown.yml",
-         "-e", f"aws_endpoint_url={emulator.url}", "-e", "network_teardown_delay=2"],
+         "-e", f"aws_endpoint_url={emulator.url}", "-e", "security_teardown_delay=2"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if "Wait until the VPC's network interfaces are released" in line:
+        if wait in line:
             break
     time.sleep(5)  # a few tries see the interface
     aws.ec2.delete_network_interface(NetworkInterfaceId=eni)
     rest, _ = proc.communicate(timeout=300)
     out = "".join(lines) + rest
     assert proc.returncode == 0, out[-5000:]
-    assert "FAILED - RETRYING: [localhost]: Wait until the VPC's network interfaces" in out
+    assert f"FAILED - RETRYING: [localhost]: {wait}" in out
     assert not aws.ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": [NAME]}])["Vpcs"]
 
 
