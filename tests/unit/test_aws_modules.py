@@ -438,3 +438,43 @@ def test_5xx_alarm_expression_follows_the_documented_if_fill_forms() -> None:
         assert "array of ['TS', 'S']" in str(e)
     else:
         raise AssertionError("the mixed array was accepted")
+
+
+# ---- one Redis TLS switch: the chat's scheme follows the replication group
+
+def _render_environment(transit: bool | None) -> dict[str, str]:
+    """roles/compute/templates/aws_environment.yml.j2 rendered by Ansible for blue."""
+    import json
+    import os
+    import subprocess
+    group: dict[str, Any] = {} if transit is None else {"transit_encryption_enabled": transit}
+    extra = {"item": "blue", "compute_container_port": 8000, "compute_blue_version": "v1",
+             "compute_green_version": "v2", "aws_region": "ap-northeast-2",
+             "compute_aws_table_prefix": "canary-chat-", "compute_green_fault_rate": 0.0,
+             "compute_drain_seconds": 10, "compute_aws_cloudwatch": True,
+             "compute_aws_name": "canary-chat",
+             "__compute_target_groups": [{"target_group_name": "canary-chat-blue",
+                                          "target_group_arn": "arn:tg/blue"}],
+             "__compute_redis": {"primary_endpoint": "redis.example", "primary_port": 6379,
+                                 "replication_group": group}}
+    template = REPO / "roles/compute/templates/aws_environment.yml.j2"
+    proc = subprocess.run(
+        [str(REPO / ".venv/bin/ansible"), "localhost", "-i", "localhost,", "-c", "local",
+         "-m", "ansible.builtin.debug",
+         "-a", f"msg={{{{ lookup('ansible.builtin.template', '{template}') | from_yaml }}}}",
+         "-e", json.dumps(extra)],
+        cwd=REPO, env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+                           ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1"),
+        capture_output=True, text=True, timeout=120, check=False)
+    out = json.loads(proc.stdout[proc.stdout.find("{"):])
+    env = out["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
+    return {e["name"]: str(e["value"]) for e in env}
+
+
+def test_redis_scheme_follows_the_groups_transit_encryption() -> None:
+    assert _render_environment(True)["REDIS_URL"] == "rediss://redis.example:6379/0"
+    assert _render_environment(False)["REDIS_URL"] == "redis://redis.example:6379/0"
+    env = _render_environment(None)  # a group that does not report the field: no TLS
+    assert env["REDIS_URL"] == "redis://redis.example:6379/0"
+    assert env["CHAT_TARGET_GROUP_ARNS"] == "arn:tg/blue"
+    assert (env["CHAT_CLOUDWATCH"], env["CHAT_ADMIN_BEARER"]) == ("1", "0")
