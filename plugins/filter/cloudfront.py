@@ -31,7 +31,8 @@ options:
     description:
       - C(enabled), C(default_root_object), C(price_class), C(comment);
         C(origins) (id to C(domain_name), C(origin_access_control_id),
-        C(origin_protocol_policy), C(origin_read_timeout));
+        C(origin_protocol_policy), C(origin_read_timeout), C(custom_headers) (header name
+        to value; a difference is reported by header name only, never with the values));
         C(behaviors) (path pattern, or C(default), to C(target_origin_id),
         C(viewer_protocol_policy), C(cache_policy_id), C(origin_request_policy_id),
         C(allowed_methods)).
@@ -96,8 +97,31 @@ def _same(want, have):
     return (want or "") == (have or "")
 
 
+def _items(data, path):
+    """A list at `path`, or [] when the API left it out."""
+    items = _dig(data, path)
+    return [] if items is _MISSING or not items else items
+
+
+def _custom_headers(origin):
+    items = _items(origin, ("CustomHeaders", "Items"))
+    return {str(h.get("HeaderName", "")).lower(): h.get("HeaderValue") for h in items}
+
+
+def _compare_headers(label, want, origin):
+    """Custom origin headers: names compared case-insensitively, values exactly, and the
+    message names only the headers (the values are secrets)."""
+    have = _custom_headers(origin)
+    want = {str(k).lower(): v for k, v in (want or {}).items()}
+    names = sorted(n for n in set(have) | set(want) if have.get(n) != want.get(n))
+    return [f"{label}: custom_headers differ ({', '.join(names)})"] if names else []
+
+
 def _compare(label, wanted, current, fields):
     out = []
+    if "custom_headers" in wanted:
+        out += _compare_headers(label, wanted["custom_headers"], current)
+        wanted = {k: v for k, v in wanted.items() if k != "custom_headers"}
     for name, want in sorted(wanted.items()):
         path = fields.get(name)
         if path is None:
@@ -121,7 +145,7 @@ def cloudfront_drift(config, wanted):
     top = {k: v for k, v in wanted.items() if k in TOP_FIELDS}
     drift += _compare("distribution", top, config, TOP_FIELDS)
 
-    origins = {o.get("Id"): o for o in _dig(config, ("Origins", "Items")) or [] if o}
+    origins = {o.get("Id"): o for o in _items(config, ("Origins", "Items")) if o}
     want_origins = wanted.get("origins") or {}
     for origin_id, want in sorted(want_origins.items()):
         if origin_id not in origins:
@@ -132,7 +156,7 @@ def cloudfront_drift(config, wanted):
         drift.append(f"origin {origin_id}: not wanted")
 
     behaviors = {"default": config.get("DefaultCacheBehavior") or {}}
-    for b in _dig(config, ("CacheBehaviors", "Items")) or []:
+    for b in _items(config, ("CacheBehaviors", "Items")):
         behaviors[b.get("PathPattern")] = b
     want_behaviors = wanted.get("behaviors") or {}
     for path, want in sorted(want_behaviors.items()):

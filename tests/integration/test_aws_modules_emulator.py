@@ -162,3 +162,68 @@ def test_lb_attributes_set_only_given_keys(moto_server: Service) -> None:
     assert r["attributes"]["idle_timeout.timeout_seconds"] == "300"
     assert run(moto_server, "elb_load_balancer_attributes", name=name, attributes=want)[
         "changed"] is False
+
+
+def test_origin_rule_creates_migrates_and_rotates_without_touching_weights(
+        moto_server: Service) -> None:
+    ec2 = client(moto_server, "ec2")
+    elbv2 = client(moto_server, "elbv2")
+    vpc = ec2.create_vpc(CidrBlock="10.8.0.0/16")["Vpc"]["VpcId"]
+    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.8.{i}.0/24",
+                                 AvailabilityZone=f"{REGION}{az}")["Subnet"]["SubnetId"]
+               for i, az in enumerate("ac")]
+    name = f"lb-{uuid.uuid4().hex[:8]}"
+    lb = elbv2.create_load_balancer(Name=name, Subnets=subnets)["LoadBalancers"][0][
+        "LoadBalancerArn"]
+    blue, green = (elbv2.create_target_group(
+        Name=f"{name}-{c}", Protocol="HTTP", Port=8000, VpcId=vpc, TargetType="ip")[
+        "TargetGroups"][0]["TargetGroupArn"] for c in ("b", "g"))
+    spec: dict[str, Any] = dict(
+        load_balancer_name=name, header_name="X-Origin-Verify", header_values=["s3cret"],
+        target_groups=[{"target_group_arn": blue, "weight": 90},
+                       {"target_group_arn": green, "weight": 10}])
+
+    def listener() -> dict[str, Any]:
+        return dict(elbv2.describe_listeners(LoadBalancerArn=lb)["Listeners"][0])
+
+    def rule() -> dict[str, Any]:
+        rules = elbv2.describe_rules(ListenerArn=listener()["ListenerArn"])["Rules"]
+        return dict(next(r for r in rules if not r["IsDefault"]))
+
+    r = run(moto_server, "elb_origin_rule", check=True, **spec)
+    assert r["changed"] is True and not r.get("failed")
+    assert elbv2.describe_listeners(LoadBalancerArn=lb)["Listeners"] == [], "check mode"
+
+    r = run(moto_server, "elb_origin_rule", **spec)
+    assert r["changed"] is True
+    assert listener()["DefaultActions"][0]["FixedResponseConfig"]["StatusCode"] == "403"
+    assert rule()["Conditions"][0]["HttpHeaderConfig"] == {
+        "HttpHeaderName": "X-Origin-Verify", "Values": ["s3cret"]}
+    assert "s3cret" not in json.dumps(r)  # no_log: the value never comes back
+    assert run(moto_server, "elb_origin_rule", **spec)["changed"] is False
+
+    # a canary moved the weights; a rotation changes the condition only
+    elbv2.modify_rule(RuleArn=rule()["RuleArn"], Actions=[{"Type": "forward", "ForwardConfig": {
+        "TargetGroups": [{"TargetGroupArn": blue, "Weight": 50},
+                         {"TargetGroupArn": green, "Weight": 50}]}}])
+    r = run(moto_server, "elb_origin_rule", **dict(spec, header_values=["n3w", "s3cret"]))
+    assert r["changed"] is True and r["actions"] == ["modify the rule's header condition"]
+    assert sorted(rule()["Conditions"][0]["HttpHeaderConfig"]["Values"]) == ["n3w", "s3cret"]
+    assert [g["Weight"] for g in rule()["Actions"][0]["ForwardConfig"]["TargetGroups"]] == [
+        50, 50]
+
+    # an old listener forwarding by default: the rule takes its weights, the default is
+    # closed only when asked
+    elbv2.delete_rule(RuleArn=rule()["RuleArn"])
+    elbv2.modify_listener(ListenerArn=listener()["ListenerArn"], DefaultActions=[
+        {"Type": "forward", "ForwardConfig": {"TargetGroups": [
+            {"TargetGroupArn": blue, "Weight": 30}, {"TargetGroupArn": green, "Weight": 70}]}}])
+    r = run(moto_server, "elb_origin_rule", **dict(spec, deny_default=False))
+    assert r["actions"] == ["create rule (weights of the listener's default action)"]
+    assert listener()["DefaultActions"][0]["Type"] == "forward"
+    assert r["weights"] == {blue: 30, green: 70}
+    r = run(moto_server, "elb_origin_rule", **spec)
+    assert r["actions"] == ["deny by default"]
+    assert listener()["DefaultActions"][0]["Type"] == "fixed-response"
+    assert [g["Weight"] for g in rule()["Actions"][0]["ForwardConfig"]["TargetGroups"]] == [
+        30, 70]

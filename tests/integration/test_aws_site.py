@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,6 +41,8 @@ CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
 ALL_VIEWER = "216adef6-5c7f-47e4-b989-5492eafa07d3"
 CACHING_OPTIMIZED = "658327ea-f89d-4fab-a63d-7e88639e58f6"
 TABLES = ["messages", "connections", "user-counter"]
+DRAIN_SECONDS = 10  # compute_drain_seconds' default
+ORIGIN_HEADER = "X-Origin-Verify"
 
 
 @pytest.fixture(scope="module")
@@ -101,15 +104,45 @@ def site(emulator: Service) -> str:
     return out
 
 
-def weights(aws: Aws) -> dict[str, int]:
+def listener(aws: Aws) -> dict[str, Any]:
     lb = aws.elbv2.describe_load_balancers(Names=[NAME])["LoadBalancers"][0]
-    listener = next(li for li in aws.elbv2.describe_listeners(
-        LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"] if li["Port"] == 80)
+    return dict(next(li for li in aws.elbv2.describe_listeners(
+        LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"] if li["Port"] == 80))
+
+
+def weighted_rule(aws: Aws) -> dict[str, Any] | None:
+    """The listener rule whose forward action lists both target groups (None: no such rule)."""
+    arns = {tg_arn(aws, "blue"), tg_arn(aws, "green")}
+    for rule in aws.elbv2.describe_rules(ListenerArn=listener(aws)["ListenerArn"])["Rules"]:
+        for action in rule["Actions"]:
+            groups = action.get("ForwardConfig", {}).get("TargetGroups", [])
+            if not rule["IsDefault"] and {g["TargetGroupArn"] for g in groups} == arns:
+                return dict(rule)
+    return None
+
+
+def weights(aws: Aws) -> dict[str, int]:
+    """The live weights: of the weighted listener rule, else of the default action."""
     tgs = {tg["TargetGroupArn"]: tg["TargetGroupName"].rsplit("-", 1)[-1]
            for tg in aws.elbv2.describe_target_groups(
                Names=[f"{NAME}-blue", f"{NAME}-green"])["TargetGroups"]}
-    fwd = listener["DefaultActions"][0]["ForwardConfig"]["TargetGroups"]
+    rule = weighted_rule(aws)
+    action = rule["Actions"][0] if rule else listener(aws)["DefaultActions"][0]
+    fwd = action["ForwardConfig"]["TargetGroups"]
     return {tgs[t["TargetGroupArn"]]: t["Weight"] for t in fwd}
+
+
+def origin_secret(aws: Aws, suffix: str = "") -> str:
+    return str(aws.ssm.get_parameter(Name=f"/{NAME}/origin-verify{suffix}",
+                                     WithDecryption=True)["Parameter"]["Value"])
+
+
+def alb_origin_headers(aws: Aws) -> dict[str, str]:
+    dist = next(d for d in aws.cloudfront.list_distributions()["DistributionList"]["Items"]
+                if d["Comment"] == NAME)
+    cfg = aws.cloudfront.get_distribution_config(Id=dist["Id"])["DistributionConfig"]
+    alb = next(o for o in cfg["Origins"]["Items"] if o["Id"] == "alb")
+    return {h["HeaderName"]: h["HeaderValue"] for h in alb["CustomHeaders"].get("Items") or []}
 
 
 def tg_arn(aws: Aws, color: str) -> str:
@@ -211,11 +244,17 @@ def test_iam_task_role_is_limited_to_the_three_tables(site: str, aws: Aws) -> No
         assert trust["Statement"][0]["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
         assert aws.iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"] == []
     doc = aws.iam.get_role_policy(RoleName=f"{NAME}-task", PolicyName="chat-tables")
-    statements = doc["PolicyDocument"]["Statement"]
-    assert len(statements) == 1
-    assert all(a.startswith("dynamodb:") and "*" not in a for a in statements[0]["Action"])
-    assert sorted(statements[0]["Resource"]) == sorted(
+    statements = {st["Sid"]: st for st in doc["PolicyDocument"]["Statement"]}
+    # issue 11 adds the chat's drain watcher and metrics to the tables: three statements
+    assert set(statements) == {"ChatTables", "OwnTargetHealth", "ChatMetrics"}
+    tables = statements["ChatTables"]
+    assert all(a.startswith("dynamodb:") and "*" not in a for a in tables["Action"])
+    assert sorted(tables["Resource"]) == sorted(
         f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{NAME}-{t}" for t in TABLES)
+    assert statements["OwnTargetHealth"]["Action"] == "elasticloadbalancing:DescribeTargetHealth"
+    metrics = statements["ChatMetrics"]
+    assert metrics["Action"] == "cloudwatch:PutMetricData"
+    assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": "CanaryChat"}}
     exe = aws.iam.get_role_policy(RoleName=f"{NAME}-execution", PolicyName="execution")
     resources = [r for s in exe["PolicyDocument"]["Statement"]
                  for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])]
@@ -272,10 +311,13 @@ def test_alb_target_groups_listener_90_10_and_access_logs(site: str, aws: Aws) -
     for color in ("blue", "green"):
         tg = aws.elbv2.describe_target_groups(Names=[f"{NAME}-{color}"])["TargetGroups"][0]
         assert tg["TargetType"] == "ip" and tg["Port"] == 8000 and tg["Protocol"] == "HTTP"
-        assert tg["HealthCheckPath"] == "/readyz"
+        # liveness: /readyz fails while a color drains and on Redis/DynamoDB blips, and ECS
+        # replaces tasks failing the target group's check
+        assert tg["HealthCheckPath"] == "/healthz"
         tga = {a["Key"]: a["Value"] for a in aws.elbv2.describe_target_group_attributes(
             TargetGroupArn=tg["TargetGroupArn"])["Attributes"]}
-        assert int(tga["deregistration_delay.timeout_seconds"]) <= 60
+        # the drain window (compute_drain_seconds 10) plus the 20 s margin
+        assert int(tga["deregistration_delay.timeout_seconds"]) == DRAIN_SECONDS + 20
 
 
 def test_ecs_services_task_definitions_image_repository_and_secret(site: str, aws: Aws) -> None:
@@ -313,6 +355,14 @@ def test_ecs_services_task_definitions_image_repository_and_secret(site: str, aw
         assert env["CHAT_TABLE_MESSAGES"] == f"{NAME}-messages"
         assert env["CHAT_TABLE_CONNECTIONS"] == f"{NAME}-connections"
         assert env["CHAT_TABLE_USER_COUNTER"] == f"{NAME}-user-counter"
+        # the chat drains when its own target turns `draining`, publishes its metrics, and
+        # takes only signed admin calls (the CloudFront -> ALB hop is plain HTTP)
+        assert env["CHAT_TARGET_GROUP_ARNS"] == tg_arn(aws, color)
+        assert env["CHAT_CLOUDWATCH"] == "1"
+        assert env["CHAT_ADMIN_BEARER"] == "0"
+        # SIGTERM comes after the deregistration delay; the kill waits out a whole drain
+        assert DRAIN_SECONDS < c["stopTimeout"] <= 120
+        assert c["stopTimeout"] == DRAIN_SECONDS + 20
         assert c["secrets"] == [{"name": "CHAT_ADMIN_TOKEN", "valueFrom":
                                  f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{NAME}/admin-token"}]
         assert "CHAT_ADMIN_TOKEN" not in env
@@ -347,6 +397,9 @@ def test_site_bucket_private_and_cloudfront_routes_ws_and_api_to_the_alb(
     alb = aws.elbv2.describe_load_balancers(Names=[NAME])["LoadBalancers"][0]
     assert origins["alb"]["DomainName"] == alb["DNSName"]
     assert origins["alb"]["CustomOriginConfig"]["OriginProtocolPolicy"] == "http-only"
+    assert alb_origin_headers(aws) == {ORIGIN_HEADER: origin_secret(aws)}
+    # unique per creation (a re-create after teardown must not collide), found by comment
+    assert cfg["CallerReference"].startswith(f"{NAME}-") and cfg["CallerReference"] != NAME
     default = cfg["DefaultCacheBehavior"]
     assert default["TargetOriginId"] == "site"
     assert default["ViewerProtocolPolicy"] == "redirect-to-https"
@@ -378,6 +431,75 @@ def test_dashboard_and_green_alarms_exist(site: str, aws: Aws) -> None:
     for name in (f"{NAME}-green-p95", f"{NAME}-green-unhealthy"):
         dims = {d["Name"]: d["Value"] for d in alarms[name]["Dimensions"]}
         assert dims["TargetGroup"] == green_dim
+    # the documented IF/FILL forms (tests/unit/test_aws_modules.py checks the form itself)
+    share = next(m for m in alarms[f"{NAME}-green-5xx"]["Metrics"] if m["Id"] == "share")
+    assert share["Expression"] == (
+        "IF(FILL(requests, 0) > 0, 100 * FILL(errors, 0) / FILL(requests, 0), 0)")
+
+
+def test_listener_forwards_only_requests_with_the_origin_header_and_denies_the_rest(
+        site: str, aws: Aws) -> None:
+    param = aws.ssm.describe_parameters(ParameterFilters=[
+        {"Key": "Name", "Values": [f"/{NAME}/origin-verify"]}])["Parameters"]
+    assert param[0]["Type"] == "SecureString"
+    secret = origin_secret(aws)
+    # the ALB compares header values case-insensitively, with * and ? as wildcards
+    assert len(secret) == 64 and re.fullmatch(r"[a-z0-9]+", secret)
+    default = listener(aws)["DefaultActions"]
+    assert [a["Type"] for a in default] == ["fixed-response"]
+    assert default[0]["FixedResponseConfig"]["StatusCode"] == "403"
+    rule = weighted_rule(aws)
+    assert rule is not None
+    assert rule["Conditions"] == [{"Field": "http-header", "HttpHeaderConfig": {
+        "HttpHeaderName": ORIGIN_HEADER, "Values": [secret]}}]
+    assert weights(aws) == {"blue": 90, "green": 10}
+
+
+def test_listener_that_forwarded_by_default_is_migrated_with_its_weights(
+        site: str, emulator: Service, aws: Aws) -> None:
+    # a stack made before the origin rule: the weighted forward is the default action
+    rule = weighted_rule(aws)
+    assert rule is not None
+    aws.elbv2.delete_rule(RuleArn=rule["RuleArn"])
+    aws.elbv2.modify_listener(ListenerArn=listener(aws)["ListenerArn"], DefaultActions=[
+        {"Type": "forward", "ForwardConfig": {"TargetGroups": [
+            {"TargetGroupArn": tg_arn(aws, "blue"), "Weight": 70},
+            {"TargetGroupArn": tg_arn(aws, "green"), "Weight": 30}]}}])
+    rc, out, changed = playbook(emulator.url, "site.yml")
+    assert rc == 0, out[-5000:]
+    assert changed >= 2  # the rule, then the 403 default
+    assert weighted_rule(aws) is not None
+    assert weights(aws) == {"blue": 70, "green": 30}  # the canary's weights carried over
+    default = listener(aws)["DefaultActions"]
+    assert default[0]["Type"] == "fixed-response"
+    # put the initial weights back for the runbook's next steps
+    rule = weighted_rule(aws)
+    assert rule is not None
+    aws.elbv2.modify_rule(RuleArn=rule["RuleArn"], Actions=[
+        {"Type": "forward", "ForwardConfig": {"TargetGroups": [
+            {"TargetGroupArn": tg_arn(aws, "blue"), "Weight": 90},
+            {"TargetGroupArn": tg_arn(aws, "green"), "Weight": 10}]}}])
+
+
+def test_rotation_replaces_the_secret_everywhere_and_a_second_run_changes_nothing(
+        site: str, emulator: Service, aws: Aws) -> None:
+    old = origin_secret(aws)
+    rc, out, changed = playbook(emulator.url, "site.yml", "-e", "rotate_origin_secret=true")
+    assert rc == 0, out[-5000:]
+    assert changed >= 3  # the parameter, the rule's condition, the distribution
+    new = origin_secret(aws)
+    assert new != old and origin_secret(aws, "-previous") == old
+    assert old not in out and new not in out  # no_log: the secret is never printed
+    assert alb_origin_headers(aws) == {ORIGIN_HEADER: new}
+    rule = weighted_rule(aws)
+    assert rule is not None
+    # the previous value stays accepted while CloudFront deploys the new header
+    assert sorted(rule["Conditions"][0]["HttpHeaderConfig"]["Values"]) == sorted([new, old])
+    assert weights(aws) == {"blue": 90, "green": 10}  # a rotation never touches weights
+    rc, out, changed = playbook(emulator.url, "site.yml")
+    assert rc == 0, out[-5000:]
+    assert changed == 0, [line for line in out.splitlines() if line.startswith(("TASK", "changed"))]
+    assert origin_secret(aws) == new
 
 
 # ---------------------------------------------------------------- 2-3. runs after the first
@@ -509,6 +631,46 @@ def _leftovers(aws: Aws) -> list[str]:
     if aws.ssm.describe_parameters()["Parameters"]:
         left.append("ssm")
     return left
+
+
+@pytest.mark.timeout(900)  # two teardowns
+def test_teardown_waits_for_interfaces_using_our_groups_bounded(
+        site: str, emulator: Service, aws: Aws) -> None:
+    # a Fargate task's interface outlives its task by minutes; the emulator drops it at once,
+    # so one is made by hand in a private subnet
+    eni = aws.ec2.create_network_interface(
+        SubnetId=subnets(aws)[f"{NAME}-private-a"]["SubnetId"],
+        Groups=[group(aws, f"{NAME}-tasks")["GroupId"]])["NetworkInterface"]["NetworkInterfaceId"]
+    wait = "Wait until no network interface uses our security groups"
+    # bounded: two tries one second apart, then the play fails and the groups are still there
+    rc, out, _ = playbook(emulator.url, "teardown.yml", "-e", "security_teardown_retries=2",
+                          "-e", "security_teardown_delay=1")
+    assert rc != 0
+    assert wait in out.split("fatal:")[0]
+    assert 1 <= out.count(f"FAILED - RETRYING: [localhost]: {wait}") <= 3
+    assert group(aws, f"{NAME}-tasks")
+    assert aws.ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": [NAME]}])["Vpcs"]
+    # released while teardown waits: it goes on and finishes
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               PATH=f"{VENV_BIN}:{os.environ['PATH']}", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "inventories/aws", "teardown.yml",
+         "-e", f"aws_endpoint_url={emulator.url}", "-e", "security_teardown_delay=2"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if wait in line:
+            break
+    time.sleep(5)  # a few tries see the interface
+    aws.ec2.delete_network_interface(NetworkInterfaceId=eni)
+    rest, _ = proc.communicate(timeout=300)
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, out[-5000:]
+    assert f"FAILED - RETRYING: [localhost]: {wait}" in out
+    assert not aws.ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": [NAME]}])["Vpcs"]
 
 
 def test_teardown_removes_everything_and_runs_again_cleanly(

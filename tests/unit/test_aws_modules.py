@@ -32,6 +32,9 @@ from ansible_collections.canarychat.platform.plugins.modules import (  # noqa: E
 from ansible_collections.canarychat.platform.plugins.modules import (  # noqa: E402
     elb_load_balancer_attributes as lb_attrs,
 )
+from ansible_collections.canarychat.platform.plugins.modules import (  # noqa: E402
+    elb_origin_rule as origin_rule,
+)
 
 OUR_AWS_MODULES = [
     "elasticache_replication_group",
@@ -40,6 +43,7 @@ OUR_AWS_MODULES = [
     "ec2_managed_prefix_list_info",
     "elb_load_balancer_attributes",
     "iam_openid_connect_provider",
+    "elb_origin_rule",
 ]
 
 
@@ -249,3 +253,229 @@ def test_oac_id_is_compared_only_where_the_api_reports_it() -> None:
     cfg["Origins"]["Items"][0]["OriginAccessControlId"] = "E2"
     assert cf_filter.cloudfront_drift(cfg, WANTED) == [
         "origin site: origin_access_control_id is 'E2', wanted 'E1'"]
+
+
+def test_origin_header_difference_names_the_header_never_the_value() -> None:
+    config = {"Origins": {"Items": [{"Id": "alb", "DomainName": "lb", "CustomHeaders": {
+        "Quantity": 1, "Items": [{"HeaderName": "X-Origin-Verify", "HeaderValue": "old"}]}}]}}
+    same = cf_filter.cloudfront_drift(config, {"origins": {"alb": {
+        "domain_name": "lb", "custom_headers": {"x-origin-verify": "old"}}}})
+    assert same == []
+    drift = cf_filter.cloudfront_drift(config, {"origins": {"alb": {
+        "domain_name": "lb", "custom_headers": {"X-Origin-Verify": "s3cr3tnew"}}}})
+    assert drift == ["origin alb: custom_headers differ (x-origin-verify)"]
+    assert "s3cr3tnew" not in " ".join(drift) and "old" not in " ".join(drift)
+    bare = {"Origins": {"Items": [{"Id": "alb", "DomainName": "lb"}]}}
+    want = {"origins": {"alb": {"custom_headers": {"X-A": "v"}}}}
+    missing = cf_filter.cloudfront_drift(bare, want)
+    assert missing == ["origin alb: custom_headers differ (x-a)"]
+
+
+# ---- elb_origin_rule: where the weighted forward lives and what a run changes
+
+BLUE, GREEN = "arn:tg/blue", "arn:tg/green"
+PARAMS: dict[str, Any] = {
+    "header_name": "X-Origin-Verify", "header_values": ["secret"], "deny_default": True,
+    "deny_status_code": "403",
+    "target_groups": [{"target_group_arn": BLUE, "weight": 90},
+                      {"target_group_arn": GREEN, "weight": 10}]}
+
+
+def _forward(blue: int, green: int) -> dict[str, Any]:
+    return {"Type": "forward", "ForwardConfig": {"TargetGroups": [
+        {"TargetGroupArn": BLUE, "Weight": blue}, {"TargetGroupArn": GREEN, "Weight": green}]}}
+
+
+def _rule(values: list[str], blue: int = 50, green: int = 50) -> dict[str, Any]:
+    return {"RuleArn": "arn:rule", "IsDefault": False, "Actions": [_forward(blue, green)],
+            "Conditions": [origin_rule.header_condition("X-Origin-Verify", values)]}
+
+
+DENY = [origin_rule.deny_action("403", "Forbidden")]
+DEFAULT_RULE = {"RuleArn": "arn:default", "IsDefault": True, "Actions": DENY, "Conditions": []}
+
+
+def test_new_listener_gets_the_403_default_and_a_rule_with_the_initial_weights() -> None:
+    steps, weights = origin_rule.plan(None, [], PARAMS)
+    assert [s for s, _ in steps] == ["create listener", "create rule"]
+    assert weights == {BLUE: 90, GREEN: 10}
+
+
+def test_listener_that_forwarded_by_default_moves_its_current_weights_into_the_rule() -> None:
+    listener = {"DefaultActions": [_forward(30, 70)]}
+    steps, weights = origin_rule.plan(listener, [], PARAMS)
+    assert [s for s, _ in steps] == ["create rule", "deny by default"]
+    assert steps[0][1]["weights"] == weights == {BLUE: 30, GREEN: 70}
+    kept, _ = origin_rule.plan(listener, [], dict(PARAMS, deny_default=False))
+    assert [s for s, _ in kept] == ["create rule"]
+
+
+def test_existing_rule_keeps_its_weights_and_a_matching_one_changes_nothing() -> None:
+    listener = {"DefaultActions": DENY}
+    steps, weights = origin_rule.plan(listener, [_rule(["secret"]), DEFAULT_RULE], PARAMS)
+    assert steps == [] and weights == {BLUE: 50, GREEN: 50}
+
+
+def test_rotated_secret_modifies_only_the_condition() -> None:
+    listener = {"DefaultActions": DENY}
+    params = dict(PARAMS, header_values=["new", "secret"])
+    steps, weights = origin_rule.plan(listener, [_rule(["secret"]), DEFAULT_RULE], params)
+    assert [s for s, _ in steps] == ["modify condition"] and weights == {BLUE: 50, GREEN: 50}
+    assert origin_rule.condition_matches(
+        _rule(["secret", "new"]), "x-origin-verify", ["new", "secret"])
+
+
+def test_weighted_rule_is_the_one_forwarding_to_both_target_groups() -> None:
+    other = {"RuleArn": "arn:other", "IsDefault": False, "Conditions": [],
+             "Actions": [{"Type": "forward", "TargetGroupArn": BLUE}]}
+    assert origin_rule.find_weighted_rule([other, _rule(["s"]), DEFAULT_RULE], {BLUE, GREEN})[
+        "RuleArn"] == "arn:rule"
+    assert origin_rule.find_weighted_rule([other, DEFAULT_RULE], {BLUE, GREEN}) is None
+
+
+# ---- the 5xx alarm's metric math: CloudWatch's documented function forms only
+#
+# Documented forms (Amazon CloudWatch User Guide, "Metric math syntax and functions" and
+# "Using IF expressions", docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/
+# using-metric-math.html), TS = time series, S = scalar, TS[] = array of time series:
+#   FILL(TS, S) -> TS             FILL(TS[], S) -> TS[]
+#   MAX(TS) -> S                  MAX(TS[]) -> TS   (an array holds time series only)
+#   IF(TS, TS|S, TS|S) -> TS      arithmetic and comparison: TS op TS, TS op S, S op TS -> TS
+DOCUMENTED = {
+    "FILL": [(("TS", "S"), "TS"), (("TS[]", "S"), "TS[]")],
+    "MAX": [(("TS",), "S"), (("TS[]",), "TS")],
+    "MIN": [(("TS",), "S"), (("TS[]",), "TS")],
+    "IF": [((c, t, f), "TS") for c in ("TS",) for t in ("TS", "S") for f in ("TS", "S")],
+}
+
+
+def _metric_math_type(expr: str, ids: set[str]) -> str:
+    """The type of a metric-math expression, or AssertionError naming the undocumented form."""
+    import re
+    tokens = re.findall(r"[A-Za-z_][A-Za-z0-9_]*|\d+(?:\.\d+)?|[<>=!]=?|[()\[\],+\-*/]", expr)
+    pos = 0
+
+    def peek() -> str:
+        return tokens[pos] if pos < len(tokens) else ""
+
+    def take(want: str | None = None) -> str:
+        nonlocal pos
+        tok = tokens[pos]
+        assert want is None or tok == want, (want, tok)
+        pos += 1
+        return tok
+
+    def combine(a: str, b: str) -> str:
+        assert "TS[]" not in (a, b), "arithmetic on an array"
+        return "TS" if "TS" in (a, b) else "S"
+
+    def atom() -> str:
+        tok = take()
+        if tok == "(":
+            t = comparison()
+            take(")")
+            return t
+        if tok == "[":
+            items = [comparison()]
+            while peek() == ",":
+                take(",")
+                items.append(comparison())
+            take("]")
+            assert all(i == "TS" for i in items), f"array of {items}: not a documented form"
+            return "TS[]"
+        if tok[0].isdigit():
+            return "S"
+        if peek() == "(":
+            take("(")
+            args = [comparison()]
+            while peek() == ",":
+                take(",")
+                args.append(comparison())
+            take(")")
+            forms = dict(DOCUMENTED[tok])
+            assert tuple(args) in forms, f"{tok}({', '.join(args)}) is not a documented form"
+            return forms[tuple(args)]
+        assert tok in ids, tok
+        return "TS"
+
+    def product() -> str:
+        t = atom()
+        while peek() in ("*", "/"):
+            take()
+            t = combine(t, atom())
+        return t
+
+    def total() -> str:
+        t = product()
+        while peek() in ("+", "-"):
+            take()
+            t = combine(t, product())
+        return t
+
+    def comparison() -> str:
+        t = total()
+        while peek() in (">", "<", ">=", "<=", "==", "!="):
+            take()
+            t = combine(t, total())
+        return t
+
+    result = comparison()
+    assert pos == len(tokens), tokens[pos:]
+    return result
+
+
+def test_5xx_alarm_expression_follows_the_documented_if_fill_forms() -> None:
+    """IF(TS condition, TS, S) over FILL(TS, S): the documented forms, one time series."""
+    expr = yaml.safe_load((REPO / "roles/observability/vars/main.yml").read_text())[
+        "observability_green_5xx_expression"]
+    tasks = (REPO / "roles/observability/tasks/aws.yml").read_text()
+    assert "observability_green_5xx_expression" in tasks
+    assert _metric_math_type(expr, {"errors", "requests"}) == "TS"  # an alarm needs one TS
+    # the checker refuses the form this expression replaced (a TS and a scalar in one array)
+    try:
+        _metric_math_type("100 * FILL(errors, 0) / MAX([FILL(requests, 0), 1])",
+                          {"errors", "requests"})
+    except AssertionError as e:
+        assert "array of ['TS', 'S']" in str(e)
+    else:
+        raise AssertionError("the mixed array was accepted")
+
+
+# ---- one Redis TLS switch: the chat's scheme follows the replication group
+
+def _render_environment(transit: bool | None) -> dict[str, str]:
+    """roles/compute/templates/aws_environment.yml.j2 rendered by Ansible for blue."""
+    import json
+    import os
+    import subprocess
+    group: dict[str, Any] = {} if transit is None else {"transit_encryption_enabled": transit}
+    extra = {"item": "blue", "compute_container_port": 8000, "compute_blue_version": "v1",
+             "compute_green_version": "v2", "aws_region": "ap-northeast-2",
+             "compute_aws_table_prefix": "canary-chat-", "compute_green_fault_rate": 0.0,
+             "compute_drain_seconds": 10, "compute_aws_cloudwatch": True,
+             "compute_aws_name": "canary-chat",
+             "__compute_target_groups": [{"target_group_name": "canary-chat-blue",
+                                          "target_group_arn": "arn:tg/blue"}],
+             "__compute_redis": {"primary_endpoint": "redis.example", "primary_port": 6379,
+                                 "replication_group": group}}
+    template = REPO / "roles/compute/templates/aws_environment.yml.j2"
+    proc = subprocess.run(
+        [str(REPO / ".venv/bin/ansible"), "localhost", "-i", "localhost,", "-c", "local",
+         "-m", "ansible.builtin.debug",
+         "-a", f"msg={{{{ lookup('ansible.builtin.template', '{template}') | from_yaml }}}}",
+         "-e", json.dumps(extra)],
+        cwd=REPO, env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+                           ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1"),
+        capture_output=True, text=True, timeout=120, check=False)
+    out = json.loads(proc.stdout[proc.stdout.find("{"):])
+    env = out["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
+    return {e["name"]: str(e["value"]) for e in env}
+
+
+def test_redis_scheme_follows_the_groups_transit_encryption() -> None:
+    assert _render_environment(True)["REDIS_URL"] == "rediss://redis.example:6379/0"
+    assert _render_environment(False)["REDIS_URL"] == "redis://redis.example:6379/0"
+    env = _render_environment(None)  # a group that does not report the field: no TLS
+    assert env["REDIS_URL"] == "redis://redis.example:6379/0"
+    assert env["CHAT_TARGET_GROUP_ARNS"] == "arn:tg/blue"
+    assert (env["CHAT_CLOUDWATCH"], env["CHAT_ADMIN_BEARER"]) == ("1", "0")
