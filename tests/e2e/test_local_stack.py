@@ -11,7 +11,8 @@ this module is the only test that may run it; it takes the stack down at the end
 - the stack locked down (docs/security.md, "Local stack"): the public door serves only what
   a browser needs to allow-listed Hosts, the admin listener (loopback) the rest; Redis and
   the emulator refuse whoever lacks the stack's secrets; every program runs as its own user;
-  logs are 0640 without query strings; per-source connection limits at the public door.
+  logs are 0640 without query strings; per-source connection limits at the public door;
+  a checkout the program users cannot enter stops site.yml early, naming the path.
 """
 
 from __future__ import annotations
@@ -554,3 +555,22 @@ async def test_per_source_limits_at_the_public_door(local_stack: dict[str, Any])
         assert rc == 0, out[-5000:]
     # the defaults again: a fresh table, a user gets in
     assert ws_handshake_status(LB, LB, f"http://{LB}") == 101
+
+
+@pytest.mark.timeout(600)
+def test_a_checkout_the_program_users_cannot_enter_fails_early_and_clearly(
+        tmp_path: Path) -> None:
+    """The programs run the venv's python as unprivileged users: a checkout under a 0700
+    directory must stop the base role with the path and the fix, before anything starts,
+    and the role must not change the directory's mode itself."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    checkout = locked / "repo"
+    checkout.symlink_to(REPO)
+    result = playbook("playbooks/base.yml", "-e", f"local_project_dir={checkout}", timeout=300)
+    out = result.stdout
+    assert result.returncode != 0, out[-3000:]
+    assert f"canary-chat cannot run {checkout}/.venv/bin/python" in out, out[-3000:]
+    assert "chmod o+rx" in out
+    assert "Create the state, log and socket directories" not in out
+    assert stat.S_IMODE(locked.stat().st_mode) == 0o700
