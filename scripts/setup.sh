@@ -27,7 +27,10 @@ for svc in redis-server haproxy; do
   if command -v service >/dev/null 2>&1; then $SUDO service "$svc" stop >/dev/null 2>&1 || true; fi
 done
 
-PY="${PYTHON:-python3}"
+# The local stack runs the venv's python as unprivileged users (docs/security.md, "Local
+# stack"): a venv made from an interpreter they cannot execute (pyenv's under /root, 0700)
+# would not start. The distribution's python3 (installed above) is the default.
+if [ -x /usr/bin/python3 ]; then PY="${PYTHON:-/usr/bin/python3}"; else PY="${PYTHON:-python3}"; fi
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
 echo "setup: ok ($(.venv/bin/python --version), $(.venv/bin/ansible --version | head -1))"

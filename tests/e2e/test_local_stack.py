@@ -7,26 +7,40 @@ this module is the only test that may run it; it takes the stack down at the end
 - the rehearsal: 100 simulated users chat while canary.yml steps green 10 -> 50 -> 90 -> 100
   and rollback.yml brings everyone back to blue: nothing lost, duplicated or closed, new
   connections follow the weights at each step, the rollback's weights land within 5 s;
-- a bad release (green_fault_rate=0.3) trips the canary gate, which restores the weights.
+- a bad release (green_fault_rate=0.3) trips the canary gate, which restores the weights;
+- the stack locked down (docs/security.md, "Local stack"): the public door serves only what
+  a browser needs to allow-listed Hosts, the admin listener (loopback) the rest; Redis and
+  the emulator refuse whoever lacks the stack's secrets; every program runs as its own user;
+  logs are 0640 without query strings; per-source connection limits at the public door;
+  a checkout the program users cannot enter stops site.yml early, naming the path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
+import pwd
 import re
+import socket
+import stat
 import subprocess
 import time
 import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from http import client as http_client
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+import redis
+from botocore.config import Config
+from botocore.exceptions import ClientError
 from websockets.asyncio.client import connect
 
 from chat.loadgen import LoadGen, LoadGenConfig, run_loadgen
@@ -38,6 +52,7 @@ pytestmark = [
 ]
 
 LB = "127.0.0.1:8080"
+ADMIN = "127.0.0.1:8079"
 HAPROXY_SOCKET = "/run/canary-chat/haproxy.sock"
 STATE_DIR = Path("/var/lib/canary-chat")
 STEPS = [10, 50, 90, 100]
@@ -293,3 +308,269 @@ async def test_bad_release_trips_the_gate_and_sends_everyone_to_blue(
     finally:
         rc, out = await playbook_async("site.yml")
         assert rc == 0, out[-5000:]
+
+
+# --- the stack locked down (issue 16) ---
+
+def http(addr: str, path: str, method: str = "GET", host: str | None = None,
+         headers: dict[str, str] | None = None, body: bytes | None = None) -> tuple[int, bytes]:
+    """One raw HTTP/1.1 request (any Host header, any path bytes); (status, body)."""
+    h, port = addr.split(":")
+    conn = http_client.HTTPConnection(h, int(port), timeout=10)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host if host is not None else addr)
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def ws_handshake_status(addr: str, host: str, origin: str) -> int:
+    """The status line's code of a WebSocket handshake sent with these Host and Origin."""
+    h, port = addr.split(":")
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection((h, int(port)), timeout=10) as sock:
+        sock.sendall((f"GET /ws?room=rebind&name=rebinder HTTP/1.1\r\nHost: {host}\r\n"
+                      f"Origin: {origin}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        line = sock.makefile("rb").readline().decode()
+    return int(line.split()[1])
+
+
+def admin_token() -> str:
+    return (STATE_DIR / "admin_token").read_text().strip()
+
+
+@pytest.mark.timeout(300)
+def test_public_door_serves_only_what_a_browser_needs(local_stack: dict[str, Any]) -> None:
+    # the page, its files, the board and the read APIs the page and the board fetch
+    for path in ("/", "/index.html", "/app.js", "/style.css", "/board", "/board.js",
+                 "/board.css", "/api/stats", "/api/rooms/lobby/messages?since=0"):
+        status, _ = http(LB, path)
+        assert status == 200, (path, status)
+    assert ws_handshake_status(LB, LB, f"http://{LB}") == 101
+    # admin, metrics, probes and the color-pinned routes are not there
+    token = {"Authorization": f"Bearer {admin_token()}", "Content-Type": "application/json"}
+    for method, path in [("GET", "/metrics"), ("POST", "/api/admin/drain"),
+                         ("POST", "/api/admin/deploy-event"), ("GET", "/api/admin/drain"),
+                         ("GET", "/_color/green/version"), ("GET", "/_color/blue/metrics"),
+                         ("GET", "/_color/green/%00"), ("GET", "/healthz"), ("GET", "/readyz"),
+                         ("GET", "/version")]:
+        status, _ = http(LB, path, method, headers=token, body=b'{"color": "green"}'
+                         if method == "POST" else None)
+        assert status in (403, 404), (method, path, status)
+    assert http(ADMIN, "/readyz")[0] == 200  # nobody was drained by the attempts above
+    # another Host (DNS rebinding), on a plain request and on the WebSocket handshake
+    for host in ("evil.example:8080", "evil.example", "127.0.0.1:8080.evil.example"):
+        assert http(LB, "/", host=host)[0] in (403, 421), host
+        assert ws_handshake_status(LB, host, f"http://{host}") != 101, host
+
+
+@pytest.mark.timeout(300)
+def test_admin_listener_on_loopback_serves_admin_metrics_and_pinned_routes(
+        local_stack: dict[str, Any]) -> None:
+    for color in ("blue", "green"):
+        status, body = http(ADMIN, f"/_color/{color}/version")
+        assert status == 200 and json.loads(body)["color"] == color
+    status, body = http(ADMIN, "/metrics")
+    assert status == 200 and b"chat_connections" in body
+    event = json.dumps({"action": "e2e-check", "weights": weights()}).encode()
+    status, _ = http(ADMIN, "/api/admin/deploy-event", "POST", body=event,
+                     headers={"Authorization": f"Bearer {admin_token()}",
+                              "Content-Type": "application/json"})
+    assert status in (200, 201, 202, 204)
+    # still the admin token's job to refuse a caller without it
+    status, _ = http(ADMIN, "/api/admin/deploy-event", "POST", body=event,
+                     headers={"Content-Type": "application/json"})
+    assert status in (401, 403)
+    # a foreign Host is refused there too (a rebinding page in the operator's own browser)
+    assert http(ADMIN, "/metrics", host="evil.example:8079")[0] in (403, 421)
+    # bound to 127.0.0.1 only: another loopback address of this machine finds nothing
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.2", 8079), timeout=5):
+        pass
+
+
+@pytest.mark.timeout(120)
+def test_redis_requires_the_chat_user_which_can_do_only_what_the_chat_does(
+        local_stack: dict[str, Any]) -> None:
+    anonymous = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=5)
+    drain = json.dumps({"cmd": "drain", "color": "green"})
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        anonymous.publish("chat:control", drain)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        anonymous.lpush("chat:deploy:events", json.dumps({"action": "forged"}))
+    password_file = STATE_DIR / "redis_password"
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    password = password_file.read_text().strip()
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(port=6379, username="default", password=password).ping()
+    chat = redis.Redis(host="127.0.0.1", port=6379, username="chat", password=password,
+                       socket_timeout=5)
+    assert chat.ping()
+    assert chat.lrange("chat:deploy:events", 0, 0) is not None  # its own keys
+    for forbidden in (lambda: chat.flushall(), lambda: chat.config_get("*"),
+                      lambda: chat.keys("*"), lambda: chat.get("other:key"),
+                      lambda: chat.publish("elsewhere", "x"), lambda: chat.acl_list(),
+                      lambda: chat.execute_command("SHUTDOWN")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            forbidden()
+
+
+@pytest.mark.timeout(120)
+def test_emulator_refuses_writes_without_the_stack_key(local_stack: dict[str, Any]) -> None:
+    creds_file = STATE_DIR / "dynamodb_credentials"
+    assert stat.S_IMODE(creds_file.stat().st_mode) == 0o600
+    creds = json.loads(creds_file.read_text())
+
+    def ddb(key_id: str, secret: str) -> Any:
+        return boto3.client("dynamodb", endpoint_url="http://127.0.0.1:8000",
+                            region_name="ap-northeast-2", aws_access_key_id=key_id,
+                            aws_secret_access_key=secret,
+                            config=Config(retries={"max_attempts": 1}))
+
+    forged = {"room": {"S": "lobby"}, "seq": {"N": "999999"}, "text": {"S": "forged"}}
+    for key_id, secret, code in [("local", "local", "UnrecognizedClientException"),
+                                 (creds["access_key_id"], "wrong",
+                                  "InvalidSignatureException")]:
+        with pytest.raises(ClientError) as e:
+            ddb(key_id, secret).put_item(TableName="messages", Item=forged)
+        assert e.value.response["Error"]["Code"] == code
+    status, _ = http("127.0.0.1:8000", "/moto-api/reset", "POST", body=b"")
+    assert status == 403
+    good = ddb(creds["access_key_id"], creds["secret_access_key"])
+    assert "Item" not in good.get_item(TableName="messages",
+                                       Key={"room": {"S": "lobby"}, "seq": {"N": "999999"}})
+    assert good.describe_table(TableName="messages")["Table"]["TableName"] == "messages"
+
+
+def program_pids() -> dict[str, int]:
+    out = subprocess.run([str(VENV_BIN / "supervisorctl"), "-c",
+                          str(STATE_DIR / "supervisord.conf"), "status"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return {m[1]: int(m[2]) for m in re.finditer(r"(?m)^(\S+)\s+RUNNING\s+pid (\d+)", out)}
+
+
+@pytest.mark.timeout(120)
+def test_each_program_runs_as_its_own_unprivileged_user(local_stack: dict[str, Any]) -> None:
+    expected = {"redis": "canary-redis", "dynamodb": "canary-dynamodb",
+                "chat-blue": "canary-chat", "chat-green": "canary-chat",
+                "haproxy": "canary-haproxy"}
+    pids = program_pids()
+    assert set(pids) == set(expected), pids
+    for program, pid in pids.items():
+        status = Path(f"/proc/{pid}/status").read_text()
+        line = re.search(r"(?m)^Uid:\s+(.*)$", status)
+        assert line, status
+        uids = {int(u) for u in line[1].split()}
+        assert 0 not in uids, (program, uids)
+        assert {pwd.getpwuid(u).pw_name for u in uids} == {expected[program]}, program
+    # the files holding secrets are root's alone
+    for name in ("admin_token", "redis_password", "dynamodb_credentials",
+                 "supervisor.d/chat-blue.conf", "supervisor.d/chat-green.conf",
+                 "supervisor.d/dynamodb.conf", "redis/redis.conf"):
+        mode = (STATE_DIR / name).stat().st_mode
+        assert stat.S_IMODE(mode) == 0o600, (name, oct(mode))
+
+
+@pytest.mark.timeout(120)
+async def test_logs_are_0640_and_hold_no_query_strings(local_stack: dict[str, Any]) -> None:
+    marker = f"qs{uuid.uuid4().hex[:12]}"
+    assert http(LB, f"/api/rooms/lobby/messages?since=0&secret={marker}")[0] == 200
+    assert http(LB, f"/?token={marker}")[0] == 200
+    assert http(ADMIN, f"/metrics?token={marker}")[0] == 200
+    async with connect(f"ws://{LB}/ws?room=logcheck&name=logcheck&token={marker}",
+                       open_timeout=15) as ws:
+        assert json.loads(await asyncio.wait_for(ws.recv(), 15))["type"] == "welcome"
+    await asyncio.sleep(2)  # HAProxy logs a session when it ends
+    logs = sorted((STATE_DIR / "log").iterdir())
+    assert logs
+    assert stat.S_IMODE((STATE_DIR / "log").stat().st_mode) & 0o007 == 0
+    access = (STATE_DIR / "log" / "haproxy-access.log").read_text(errors="replace")
+    assert "/api/rooms/lobby/messages" in access and "GET \"/ws\"" in access, access[-2000:]
+    for log in logs:
+        assert stat.S_IMODE(log.stat().st_mode) == 0o640, (log, oct(log.stat().st_mode))
+        text = log.read_text(errors="replace")
+        assert marker not in text, log
+        assert not re.search(r"/[^\s\"?]*\?[^\s\"]*=", text), (log, re.search(
+            r".*/[^\s\"?]*\?[^\s\"]*=.*", text))
+
+
+async def open_many(n: int, within_s: float) -> tuple[list[Any], int]:
+    """Open n WebSockets through the public door, spread over `within_s`; keep the accepted
+    ones open. Returns (accepted sockets, refused count)."""
+    accepted: list[Any] = []
+    refused = 0
+
+    async def one(i: int) -> None:
+        nonlocal refused
+        await asyncio.sleep(within_s * i / n)
+        try:
+            ws = await connect(f"ws://{LB}/ws?room=flood&name=f{i}", open_timeout=30,
+                               close_timeout=2)
+        except Exception:  # closed by HAProxy before any HTTP answer
+            refused += 1
+            return
+        accepted.append(ws)
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return accepted, refused
+
+
+@pytest.mark.timeout(900)
+async def test_per_source_limits_at_the_public_door(local_stack: dict[str, Any]) -> None:
+    """The defaults (1,000 concurrent, 600 new per 10 s per address) are stage-sized: too
+    large to hit in a quick test without flooding a 2-core box. The same rules with small
+    limits (-e): 500 WebSockets from one address within 2 s are not all accepted."""
+    rc, out = await playbook_async("site.yml", "-e", "loadbalancer_local_src_conn_limit=150",
+                                   "-e", "loadbalancer_local_src_conn_rate_limit=300",
+                                   "-e", "loadbalancer_local_src_conn_rate_period=60s")
+    assert rc == 0, out[-5000:]
+    accepted: list[Any] = []
+    try:
+        accepted, refused = await open_many(500, within_s=2.0)
+        print(f"500 WebSockets from one address in 2 s: {len(accepted)} accepted, "
+              f"{refused} refused")
+        assert 0 < len(accepted) <= 150
+        assert refused >= 350
+        # the admin listener is another door: the deploy role still gets through
+        assert http(ADMIN, "/metrics")[0] == 200
+        for ws in accepted:
+            await ws.close()
+        accepted = []
+        await asyncio.sleep(1)
+        # none open any more, but 500 tries within the 60 s period: over the rate
+        again, refused = await open_many(5, within_s=0.5)
+        accepted = again
+        assert (len(again), refused) == (0, 5)
+    finally:
+        for ws in accepted:
+            await ws.close()
+        rc, out = await playbook_async("site.yml")
+        assert rc == 0, out[-5000:]
+    # the defaults again: a fresh table, a user gets in
+    assert ws_handshake_status(LB, LB, f"http://{LB}") == 101
+
+
+@pytest.mark.timeout(600)
+def test_a_checkout_the_program_users_cannot_enter_fails_early_and_clearly(
+        tmp_path: Path) -> None:
+    """The programs run the venv's python as unprivileged users: a checkout under a 0700
+    directory must stop the base role with the path and the fix, before anything starts,
+    and the role must not change the directory's mode itself."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    checkout = locked / "repo"
+    checkout.symlink_to(REPO)
+    result = playbook("playbooks/base.yml", "-e", f"local_project_dir={checkout}", timeout=300)
+    out = result.stdout
+    assert result.returncode != 0, out[-3000:]
+    assert f"canary-chat cannot run {checkout}/.venv/bin/python" in out, out[-3000:]
+    assert "chmod o+rx" in out
+    assert "Create the state, log and socket directories" not in out
+    assert stat.S_IMODE(locked.stat().st_mode) == 0o700

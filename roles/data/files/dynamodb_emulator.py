@@ -38,6 +38,14 @@
    lookup under a process-wide lock, and writes no access-log line: the emulator's CPU per
    call fell by about half and more (docs/benchmarks.md); what moto computes is unchanged.
 
+7. moto accepts any signature, so any local account could write what the chat serves. With
+   EMULATOR_ACCESS_KEY_ID and EMULATOR_SECRET_ACCESS_KEY set (the local stack sets them; off
+   by default, as tests start it plain), `main` answers only DynamoDB JSON requests signed
+   with that key: the SigV4 signature is recomputed with botocore's signer over the signed
+   headers and the body, and compared in constant time (`check_signature`). Anything else,
+   moto's own API (/moto-api/reset) included, gets DynamoDB's error for it (400
+   UnrecognizedClientException / InvalidSignatureException, 403 AccessDeniedException).
+
 6. Python's full GC collections walked every stored item while all request threads waited:
    pauses of hundreds of milliseconds once tens of thousands of items were stored (the
    chat's store latency p99 grew over a benchmark sitting). `bound_gc_pauses` freezes what
@@ -60,8 +68,10 @@
 
 from __future__ import annotations
 
+import datetime
 import email.parser
 import gc
+import hmac
 import http.client
 import math
 import os
@@ -73,6 +83,9 @@ from bisect import bisect_left, bisect_right
 from io import BytesIO
 from typing import Any
 
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest, HTTPHeaders
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from moto.cloudwatch.models import (
     CloudWatchBackend,
@@ -436,6 +449,70 @@ class _NoDrainSelectors:
 FAST_PATH = os.environ.get("EMULATOR_FAST_PATH", "1") != "0"
 
 
+# The access key the emulator requires (see 7. above): None when the variables are unset.
+REQUIRED_KEY: tuple[str, str] | None = (
+    (os.environ["EMULATOR_ACCESS_KEY_ID"], os.environ["EMULATOR_SECRET_ACCESS_KEY"])
+    if os.environ.get("EMULATOR_ACCESS_KEY_ID") and os.environ.get("EMULATOR_SECRET_ACCESS_KEY")
+    else None)
+_AUTHORIZATION = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/,\s]+)/(?P<date>\d{8})/(?P<region>[^/,\s]+)/"
+    r"(?P<service>[^/,\s]+)/aws4_request,\s*SignedHeaders=(?P<signed>[a-z0-9;-]+),"
+    r"\s*Signature=(?P<signature>[0-9a-f]{64})\Z")
+# As AWS: a request dated more than 15 minutes away from the server's clock is refused.
+MAX_SKEW = datetime.timedelta(minutes=15)
+
+
+class _SignedHeadersOnly(SigV4Auth):
+    """botocore's SigV4 signer over exactly the headers the client says it signed."""
+
+    def __init__(self, credentials: Credentials, service: str, region: str,
+                 signed: list[str]) -> None:
+        super().__init__(credentials, service, region)
+        self._signed = signed
+
+    def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
+        out = HTTPHeaders()
+        for name in self._signed:
+            out[name] = request.headers[name]
+        return out
+
+
+def check_signature(method: str, path: str, headers: Any, body: bytes,
+                    key: tuple[str, str],
+                    now: datetime.datetime | None = None) -> tuple[str, str] | None:
+    """None when the request is signed (SigV4) with `key` (access key id, secret);
+    otherwise DynamoDB's (error type, message) for it."""
+    m = _AUTHORIZATION.match(headers.get("Authorization") or "")
+    if m is None:
+        return ("MissingAuthenticationTokenException",
+                "Request is missing Authentication Token")
+    if not hmac.compare_digest(m["key"].encode(), key[0].encode()):
+        return ("UnrecognizedClientException",
+                "The security token included in the request is invalid.")
+    amz_date = headers.get("X-Amz-Date") or ""
+    try:
+        stamp = datetime.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(
+            tzinfo=datetime.UTC)
+    except ValueError:
+        return ("IncompleteSignatureException", "X-Amz-Date is missing or malformed")
+    now = now or datetime.datetime.now(datetime.UTC)
+    if abs(now - stamp) > MAX_SKEW or amz_date[:8] != m["date"]:
+        return ("InvalidSignatureException", "Signature expired or dated for another day")
+    signed = m["signed"].split(";")
+    if "host" not in signed or any(headers.get(n) is None for n in signed):
+        return ("IncompleteSignatureException", "a signed header is missing")
+    request = AWSRequest(method=method, url=f"http://{headers.get('Host')}{path}",
+                         data=body, headers={n: headers.get(n) for n in signed})
+    request.context["timestamp"] = amz_date
+    signer = _SignedHeadersOnly(Credentials(key[0], key[1]), m["service"], m["region"], signed)
+    expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)),
+                                request)
+    if not hmac.compare_digest(expected.encode(), m["signature"].encode()):
+        return ("InvalidSignatureException",
+                "The request signature we calculated does not match the signature you provided.")
+    return None
+
+
 def dynamodb_call(method: str, path: str, headers: Any, body: bytes,
                   server: tuple[Any, ...]) -> tuple[int, dict[str, Any], Any]:
     """moto's answer to one DynamoDB JSON-protocol request: (status, headers, body).
@@ -487,6 +564,9 @@ def keep_alive_handler() -> Any:
         disable_nagle_algorithm = True
 
         def run_wsgi(self) -> None:
+            if REQUIRED_KEY is not None:
+                self._signed_only(REQUIRED_KEY)
+                return
             keep = self._keep_alive()
             if keep and FAST_PATH:
                 self._dynamodb()
@@ -497,9 +577,38 @@ def keep_alive_handler() -> Any:
             finally:
                 _NoDrainSelectors.keeping.on = False
 
-        def _dynamodb(self) -> None:
+        def _signed_only(self, key: tuple[str, str]) -> None:
+            """Only DynamoDB JSON requests signed with `key` reach moto (see 7. above)."""
+            h = self.headers
+            length = h.get("Content-Length") or ""
+            if (not h.get("X-Amz-Target", "").startswith("DynamoDB_")
+                    or not length.isdigit() or h.get("Transfer-Encoding") is not None):
+                self.close_connection = True
+                self._refuse(403, "AccessDeniedException",
+                             "this emulator answers signed DynamoDB requests only")
+                return
+            body = self.rfile.read(int(length))
+            error = check_signature(self.command, self.path, h, body, key)
+            if error is not None:
+                self._refuse(400, *error)
+                return
+            self._dynamodb(body)
+
+        def _refuse(self, status: int, kind: str, message: str) -> None:
+            import json
+
+            data = json.dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{kind}",
+                               "message": message}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/x-amz-json-1.0")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _dynamodb(self, body: bytes | None = None) -> None:
             """A DynamoDB JSON call straight to moto's DynamoHandler (see 5. above)."""
-            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if body is None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
             try:
                 status, headers, content = dynamodb_call(self.command, self.path,
                                                          self.headers.items(), body,
