@@ -6,7 +6,10 @@ site.yml provisions every tier -> boto3 reads back every resource and setting of
 nothing and keeps the canary's weights and ECS-registered targets -> site.yml --check
 succeeds and reports nothing -> a drifted circuit breaker is re-applied -> green's failing
 sends make canary.yml -e weight=90 trip to blue 100 -> with nobody chatting a step fails
-with "insufficient data" unless deploy_allow_idle -> rollback.yml -> teardown.yml twice.
+with "insufficient data" unless deploy_allow_idle -> rollback.yml -> a real blue and a real
+green chat publish their CanaryChat metrics to the emulator's CloudWatch while 100 simulated
+users chat: 10 -> 50 passes on green's own datapoints, a green failing 30 % of its sends trips
+to blue 100, idle chats are "insufficient data" unless deploy_allow_idle -> teardown.yml twice.
 
 The emulator is moto's own server started through roles/data/files/dynamodb_emulator.py,
 which only adds the `TableId` moto 5.2 leaves out of DescribeTable (community.aws's
@@ -28,6 +31,7 @@ from typing import Any
 import boto3
 import pytest
 
+from tests.chatstack import ChatStack
 from tests.conftest import REPO, VENV_BIN, Service, free_port, wait_for_http
 from tests.integration.test_traffic_shift_elbv2 import publishing
 
@@ -584,6 +588,111 @@ def test_rollback_puts_everyone_on_blue(site: str, emulator: Service, aws: Aws) 
     rc, out, _ = playbook(emulator.url, "rollback.yml")
     assert rc == 0, out[-5000:]
     assert weights(aws) == {"blue": 100, "green": 0}
+
+
+# ---------------------------------------------------------------- 3b. real chats, real metrics
+# Issue 11's proof on the emulator: a real blue and a real green chat (local processes on the
+# session's redis-server and this emulator) publish their CanaryChat metrics to the emulator's
+# CloudWatch with PutMetricData every 10 s, exactly as an ECS task does to CloudWatch; a load of
+# 100 simulated users talks to them (the emulated ALB routes nothing, so the load generator
+# spreads its users over both instances itself); canary.yml gates on what those users felt.
+
+LIVE_BAKE = "40"  # seconds: four 10 s periods of ours, at least three complete datapoints
+
+
+class LiveChats:
+    def __init__(self, stack: ChatStack) -> None:
+        self.stack = stack
+        self.blue = stack.start("blue")
+        self.green = stack.start("green")
+
+    def replace_green(self, fault_rate: float) -> None:
+        self.green.stop()
+        self.green = self.stack.start("green", env={"CHAT_FAULT_RATE": str(fault_rate)})
+
+    def load(self, seconds: int) -> subprocess.Popen[bytes]:
+        """100 users (about half on each color) at 20 msg/s, for `seconds`; bounded."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "chat", "loadgen", "--users", "100", "--rate", "20",
+             "--duration", str(seconds), "--drain", "5", "--ramp", "3", "--quiet",
+             "--url", f"ws://127.0.0.1:{self.blue.port}/ws",
+             "--url", f"ws://127.0.0.1:{self.green.port}/ws"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def live(emulator: Service, redis_server: Service,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveChats]:
+    stack = ChatStack(redis_server.url, emulator.url, tmp_path_factory.mktemp("live"), env={
+        "CHAT_CLOUDWATCH": "1", "CHAT_CLOUDWATCH_INTERVAL": "10",
+        "AWS_ENDPOINT_URL_CLOUDWATCH": emulator.url})
+    stack.init_tables()
+    chats = LiveChats(stack)
+    try:
+        yield chats
+    finally:
+        stack.stop_all()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+    proc.wait(30)
+
+
+def _datapoints(out: str) -> list[int]:
+    """How many CanaryChat datapoints of green's Sends the play's sends readings read."""
+    return [int(n) for n in re.findall(r"gate sends +green \(canarychat\): \d+, threshold 20: ok "
+                                       r"\[\S+ Sends in (\d+) datapoints", out)]
+
+
+def test_live_healthy_green_passes_10_to_50_reading_its_own_datapoints(
+        site: str, emulator: Service, aws: Aws, live: LiveChats) -> None:
+    rc, out, _ = playbook(emulator.url, "canary.yml", "-e", "weight=10", "-e", "bake_seconds=1",
+                          "-e", "deploy_allow_idle=true")
+    assert rc == 0, out[-5000:]
+    assert weights(aws) == {"blue": 90, "green": 10}
+    load = live.load(int(LIVE_BAKE) + 40)
+    try:
+        time.sleep(5)  # users joined and sending
+        rc, out, _ = playbook(emulator.url, "canary.yml", "-e", "weight=50",
+                              "-e", f"bake_seconds={LIVE_BAKE}")
+    finally:
+        _stop(load)
+    assert rc == 0, out[-5000:]
+    assert weights(aws) == {"blue": 50, "green": 50}
+    assert max(_datapoints(out), default=0) >= 3, out[-5000:]
+
+
+def test_live_faulty_green_trips_on_error_rate_and_everyone_goes_to_blue(
+        site: str, emulator: Service, aws: Aws, live: LiveChats) -> None:
+    live.replace_green(0.3)
+    load = live.load(int(LIVE_BAKE) + 40)
+    try:
+        time.sleep(5)
+        rc, out, _ = playbook(emulator.url, "canary.yml", "-e", "weight=90",
+                              "-e", f"bake_seconds={LIVE_BAKE}")
+    finally:
+        _stop(load)
+    assert rc != 0, out[-5000:]
+    m = re.search(r"gate error_rate breached on green \(source canarychat\): measured ([0-9.]+) > "
+                  r"threshold 0\.05", out)
+    assert m, out[-5000:]
+    assert 0.15 < float(m.group(1)) < 0.5, m.group(0)
+    assert weights(aws) == {"blue": 100, "green": 0}
+
+
+def test_live_no_users_is_insufficient_data_unless_idle_is_allowed(
+        site: str, emulator: Service, aws: Aws, live: LiveChats) -> None:
+    rc, out, _ = playbook(emulator.url, "canary.yml", "-e", "weight=10", "-e", "bake_seconds=12")
+    assert rc != 0, out[-5000:]
+    assert "gate sends breached on green (source canarychat): insufficient data: measured 0" \
+        in out, out[-5000:]
+    assert weights(aws) == {"blue": 100, "green": 0}
+    rc, out, _ = playbook(emulator.url, "canary.yml", "-e", "weight=10", "-e", "bake_seconds=12",
+                          "-e", "deploy_allow_idle=true")
+    assert rc == 0, out[-5000:]
+    assert weights(aws) == {"blue": 90, "green": 10}
 
 
 # ---------------------------------------------------------------- 4. teardown
