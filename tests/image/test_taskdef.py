@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.image, needs_buildah]
 
 ROLE = REPO / "roles" / "compute"
 # Differences between blue's and green's container definitions that are on purpose.
-PER_COLOR_ENV = {"CHAT_COLOR", "CHAT_VERSION", "CHAT_FAULT_RATE"}
+PER_COLOR_ENV = {"CHAT_COLOR", "CHAT_VERSION", "CHAT_FAULT_RATE", "CHAT_TARGET_GROUP_ARNS"}
 
 
 def trust(obj: Any) -> Any:
@@ -61,6 +61,11 @@ def render_container(color: str) -> dict[str, Any]:
         "__compute_images": {"blue": "repo:v1", "green": "repo:v2"},
         "__compute_redis": {"primary_endpoint": "redis.example", "primary_port": 6379},
         "__compute_caller": {"account": "123456789012"},
+        "__compute_target_groups": [
+            {"target_group_name": f"canary-chat-{c}",
+             "target_group_arn": f"arn:aws:elasticloadbalancing:ap-northeast-2:123456789012:"
+                                 f"targetgroup/canary-chat-{c}/{i}"}
+            for i, c in enumerate(("blue", "green"))],
         "__compute_roles": {"results": [{"iam_roles": [{"arn": "arn:aws:iam::1:role/e"}]},
                                         {"iam_roles": [{"arn": "arn:aws:iam::1:role/t"}]}]},
     }
@@ -103,7 +108,7 @@ def names_the_chat_reads() -> set[str]:
     return set(re.findall(r'"((?:CHAT|AWS|REDIS)_[A-Z0-9_]+)"', text))
 
 
-def test_blue_and_green_differ_only_in_color_version_and_fault_rate(containers):
+def test_blue_and_green_differ_only_in_color_version_fault_rate_and_target_group(containers):
     blue, green = containers["blue"], containers["green"]
     assert {k: v for k, v in env_of(blue).items() if k not in PER_COLOR_ENV} == \
         {k: v for k, v in env_of(green).items() if k not in PER_COLOR_ENV}
