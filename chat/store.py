@@ -430,16 +430,21 @@ class MessageStore:
         except (TimeoutError, BotoCoreError, ClientError, OSError):
             pass
 
-    async def query(self, room: str, *, since: int | None, limit: int) -> list[dict[str, Any]]:
-        """Raw items (voids included): the first `limit` after `since`, else the latest."""
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {
+    def _room_query(self, room: str, since: int | None) -> dict[str, Any]:
+        """Query parameters for a room's items after `since` (oldest first), or its latest
+        (newest first) without `since`."""
+        return {
             "TableName": self.messages, "ConsistentRead": True,
             "KeyConditionExpression": "room = :r AND seq > :s",
             "ExpressionAttributeValues": {":r": {"S": room},
                                           ":s": {"N": str(since if since is not None else 0)}},
             "ScanIndexForward": since is not None,
         }
+
+    async def query(self, room: str, *, since: int | None, limit: int) -> list[dict[str, Any]]:
+        """Raw items (voids included): the first `limit` after `since`, else the latest."""
+        items: list[dict[str, Any]] = []
+        kwargs = self._room_query(room, since)
         while len(items) < limit:
             r = await self._call("query", Limit=limit - len(items), **kwargs)
             items.extend(r.get("Items", []))
@@ -461,13 +466,7 @@ class MessageStore:
         returns fewer than `limit` messages although more exist."""
         found: list[dict[str, Any]] = []
         voids = 0
-        kwargs: dict[str, Any] = {
-            "TableName": self.messages, "ConsistentRead": True,
-            "KeyConditionExpression": "room = :r AND seq > :s",
-            "ExpressionAttributeValues": {":r": {"S": room},
-                                          ":s": {"N": str(since if since is not None else 0)}},
-            "ScanIndexForward": since is not None,
-        }
+        kwargs = self._room_query(room, since)
         for _ in range(MESSAGES_MAX_PAGES):
             page = min(QUERY_LIMIT_MAX, limit - len(found) + voids)
             r = await self._call("query", Limit=page, **kwargs)
