@@ -39,7 +39,9 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -73,6 +75,20 @@ def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None
     except urllib.error.HTTPError as e:
         return e.code, e.read(), dict(e.headers)
 
+
+def raw_http_status(port: int, request: bytes) -> int | None:
+    """Write `request` to 127.0.0.1:`port` byte for byte; the answer's status code, None if
+    none came (for requests an HTTP client library would refuse to send)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    m = re.match(rb"HTTP/1\.[01] (\d{3}) ", data)
+    return int(m.group(1)) if m else None
 
 @dataclass
 class ChatInstance:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import uuid
 from collections.abc import Iterator
 
@@ -21,7 +20,7 @@ from hypothesis import strategies as st
 from websockets.sync.client import ClientConnection, connect
 
 from chat.protocol import ErrorCode
-from tests.chatstack import ChatInstance, ChatStack
+from tests.chatstack import ChatInstance, ChatStack, raw_http_status
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -43,22 +42,8 @@ def inst(chat_stack: ChatStack) -> Iterator[ChatInstance]:
     i.stop()
 
 
-def raw_request(port: int, request: bytes) -> int | None:
-    """Write `request` as is; the status code of the answer, None if none came."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(request)
-        data = b""
-        while b"\r\n" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    m = re.match(rb"HTTP/1\.[01] (\d{3}) ", data)
-    return int(m.group(1)) if m else None
-
-
 def assert_answered_without_fault(inst: ChatInstance, request: bytes) -> None:
-    status = raw_request(inst.port, request)
+    status = raw_http_status(inst.port, request)
     assert status is not None, f"no answer to {request!r}"
     assert status < 500, f"{status} for {request!r}"
 
@@ -100,7 +85,7 @@ def test_no_query_string_is_a_server_fault(inst: ChatInstance, prefix: bytes, va
     if upgrade:
         headers = (b"Host: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
                    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
-    status = raw_request(inst.port, b"GET " + prefix + value + b" HTTP/1.1\r\n" + headers
+    status = raw_http_status(inst.port, b"GET " + prefix + value + b" HTTP/1.1\r\n" + headers
                          + b"\r\n")
     assert status is not None and status < 500, (status, prefix + value)
 

@@ -8,7 +8,6 @@ copies it off the wire cannot use it again, on the same instance or any other on
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 
 from chat import adminauth
-from tests.chatstack import ADMIN_TOKEN, ChatInstance, ChatStack, http
+from tests.chatstack import ADMIN_TOKEN, ChatInstance, ChatStack, http, raw_http_status
 from tests.conftest import REPO, VENV_BIN, start_redis
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -68,18 +67,12 @@ def _post(url: str, body: bytes, authorization: str) -> tuple[int, bytes, dict[s
 def raw_request(inst: ChatInstance, authorization: bytes, body: bytes = b'{"color":"blue"}',
                 path: bytes = b"/api/admin/undrain") -> int:
     """One HTTP/1.1 request with exactly these header bytes; returns the status code."""
-    with socket.create_connection(("127.0.0.1", inst.port), timeout=10) as s:
-        s.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                  b"Content-Type: application/json\r\nConnection: close\r\n"
-                  b"Authorization: " + authorization + b"\r\n"
-                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        data = b""
-        while b"\r\n" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return int(data.split(b" ", 2)[1])
+    status = raw_http_status(inst.port, b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Content-Type: application/json\r\nConnection: close\r\n"
+                             b"Authorization: " + authorization + b"\r\n"
+                             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert status is not None, "no answer"
+    return status
 
 
 def test_signed_call_works_and_its_replay_is_refused_on_every_instance(pair) -> None:

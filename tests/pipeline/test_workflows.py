@@ -138,7 +138,8 @@ def test_deploy_runs_what_the_docs_tell_a_person(deploy: list[Command]):
     steps = [e for _, p, e in deploy if p == "canary.yml"]
     assert steps == [s for s in doc_steps if s in steps]
     # the release goes to green only; blue keeps its image for the canary to compare with
-    assert deploy[0][2] == {"chat_green_image": "IMAGE", "compute_green_version": "$GITHUB_REF_NAME"}
+    assert deploy[0][2] == {"chat_green_image": "IMAGE",
+                            "compute_green_version": "$GITHUB_REF_NAME"}
 
 
 def test_rollback_runs_only_when_a_canary_step_failed():
