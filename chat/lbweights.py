@@ -32,6 +32,7 @@ from typing import Any, Protocol
 log = logging.getLogger("chat.lbweights")
 
 HTTP_TIMEOUT = 2.0  # seconds for one stats page request (a loopback listener)
+FIRST_READ_SECONDS = 3.0  # the startup read's limit
 
 
 class WeightsSource(Protocol):
@@ -201,9 +202,14 @@ class WeightsPoller:
         return out
 
     async def start(self) -> None:
+        """Start the source and make the first read before the server takes requests (at
+        most FIRST_READ_SECONDS: a load balancer that does not answer delays nothing more),
+        so `/api/stats` is right from the first request after a (re)start."""
         if self.source is None:
             return
         await self.source.start()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.poll_once(), FIRST_READ_SECONDS)
         self.task = asyncio.create_task(self._run(), name="lbweights")
 
     async def stop(self) -> None:
@@ -237,5 +243,5 @@ class WeightsPoller:
 
     async def _run(self) -> None:
         while True:
-            await self.poll_once()
             await asyncio.sleep(self.interval)
+            await self.poll_once()
