@@ -31,6 +31,7 @@ from . import adminauth, gate, protocol, wsfix, wslean
 from .bus import BusErrors, RoomBus
 from .cloudwatch import Publisher
 from .config import Config
+from .lbweights import HaproxyStatsSource, ListenerSource, WeightsPoller, WeightsSource
 from .metrics import Metrics
 from .protocol import ErrorCode, ProtocolError
 from .rooms import Client, Rooms
@@ -254,6 +255,19 @@ def create_app(config: Config) -> Sanic:
         port=config.target_port or config.port, interval=config.target_poll,
         region=config.aws_region, on_deregistered=lambda: drainer.start("deregistered"))
 
+    weights_source: WeightsSource | None = None
+    if config.weights_haproxy_url:
+        weights_source = HaproxyStatsSource(config.weights_haproxy_url,
+                                            config.weights_haproxy_backend)
+    elif config.weights_listener_arn:
+        weights_source = ListenerSource(
+            config.weights_listener_arn,
+            {"blue": config.weights_blue_target_group_arn or "",
+             "green": config.weights_green_target_group_arn or ""},
+            config.aws_region)
+    lb_weights = WeightsPoller(weights_source, config.weights_poll)
+    app.ctx.lb_weights = lb_weights
+
     def on_control(cmd: dict[str, Any]) -> None:
         if cmd.get("color") != config.color:
             return
@@ -292,6 +306,7 @@ def create_app(config: Config) -> Sanic:
         pinger.start()
         await cloudwatch.start()
         await target_watcher.start()
+        await lb_weights.start()
         # The interpreter, Sanic, aiohttp, redis and botocore's models: a few hundred
         # thousand objects that live as long as the process. Out of the cyclic GC's way,
         # every full collection (a pause of the event loop) walks only what came after.
@@ -314,6 +329,7 @@ def create_app(config: Config) -> Sanic:
         if _background:  # the last connections' cleanups still need Redis and DynamoDB
             await asyncio.wait(list(_background), timeout=STOP_CLEANUP_SECONDS)
         await cloudwatch.stop()  # the last partial interval, closes included
+        await lb_weights.stop()
         await bus.close()
         await store.close()
         log.info("server_stop", extra={"event": "server_stop"})
@@ -423,6 +439,9 @@ def create_app(config: Config) -> Sanic:
             weights, events = await bus.deploy_state()
         except BusErrors:
             return _problem(503, "redis unavailable")
+        # the load balancer's own weights once read; before that (or with no source
+        # configured) those of the last canary event
+        weights = lb_weights.value or weights
         return json_response({"ts": int(time.time() * 1000), "colors": aggregate(instances),
                               "weights": weights, "events": events},
                              headers={"Cache-Control": "no-store"})

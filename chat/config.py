@@ -84,7 +84,14 @@ class Config:
     CHAT_TARGET_GROUP_ARNS [unset: no watcher; a comma list: drain when this task's target
     turns draining in one of them, chat/targetwatch.py], CHAT_TARGET_ID [unset: the task's IP
     from ECS_CONTAINER_METADATA_URI_V4], CHAT_TARGET_PORT [CHAT_PORT],
-    CHAT_TARGET_POLL_SECONDS [5].
+    CHAT_TARGET_POLL_SECONDS [5],
+    CHAT_WEIGHTS_HAPROXY_URL [unset; else HAProxy's stats CSV URL, e.g.
+    http://127.0.0.1:8079/_haproxy/stats;csv: the board's weights read from there],
+    CHAT_WEIGHTS_HAPROXY_BACKEND [chat: the backend whose servers blue and green carry them],
+    CHAT_WEIGHTS_LISTENER_ARN [unset; else the ALB listener whose weighted forward the board
+    shows, with CHAT_WEIGHTS_BLUE_TARGET_GROUP_ARN and CHAT_WEIGHTS_GREEN_TARGET_GROUP_ARN],
+    CHAT_WEIGHTS_POLL_SECONDS [2] (chat/lbweights.py; neither source set: the weights of the
+    last canary event only).
     """
 
     host: str = "127.0.0.1"
@@ -138,6 +145,14 @@ class Config:
     target_id: str | None = None
     target_port: int = 0  # 0: the listen port
     target_poll: float = 5.0
+    # the load balancer's live weights for /api/stats (chat/lbweights.py): off unless a
+    # source is set (HAProxy's stats CSV, or an ALB listener and the two target groups)
+    weights_haproxy_url: str | None = None
+    weights_haproxy_backend: str = "chat"
+    weights_listener_arn: str | None = None
+    weights_blue_target_group_arn: str | None = None
+    weights_green_target_group_arn: str | None = None
+    weights_poll: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.instance_id:
@@ -170,6 +185,14 @@ class Config:
             raise ValueError("CHAT_CLOUDWATCH_NAMESPACE must be set and not start with AWS/")
         if self.target_poll <= 0:
             raise ValueError("CHAT_TARGET_POLL_SECONDS must be more than 0")
+        if self.weights_poll <= 0:
+            raise ValueError("CHAT_WEIGHTS_POLL_SECONDS must be more than 0")
+        if self.weights_haproxy_url and self.weights_listener_arn:
+            raise ValueError("set CHAT_WEIGHTS_HAPROXY_URL or CHAT_WEIGHTS_LISTENER_ARN, not both")
+        if self.weights_listener_arn and not (self.weights_blue_target_group_arn
+                                              and self.weights_green_target_group_arn):
+            raise ValueError("CHAT_WEIGHTS_LISTENER_ARN needs CHAT_WEIGHTS_BLUE_TARGET_GROUP_ARN "
+                             "and CHAT_WEIGHTS_GREEN_TARGET_GROUP_ARN")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -222,6 +245,14 @@ class Config:
             target_id=env.get("CHAT_TARGET_ID", "").strip() or None,
             target_port=_int(env, "CHAT_TARGET_PORT", 0),
             target_poll=_float(env, "CHAT_TARGET_POLL_SECONDS", 5.0),
+            weights_haproxy_url=env.get("CHAT_WEIGHTS_HAPROXY_URL", "").strip() or None,
+            weights_haproxy_backend=env.get("CHAT_WEIGHTS_HAPROXY_BACKEND", "").strip() or "chat",
+            weights_listener_arn=env.get("CHAT_WEIGHTS_LISTENER_ARN", "").strip() or None,
+            weights_blue_target_group_arn=(
+                env.get("CHAT_WEIGHTS_BLUE_TARGET_GROUP_ARN", "").strip() or None),
+            weights_green_target_group_arn=(
+                env.get("CHAT_WEIGHTS_GREEN_TARGET_GROUP_ARN", "").strip() or None),
+            weights_poll=_float(env, "CHAT_WEIGHTS_POLL_SECONDS", 2.0),
         )
         for key, value in overrides.items():
             if value is not None:

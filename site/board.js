@@ -23,6 +23,8 @@
       instances: 'Instances', ok: 'passed', failed: 'FAILED', draining: 'draining',
       live: (s) => `live · updated ${s}`, stale: (s) => `STALE · last update ${s}`,
       down: (why) => `no data: ${why}`, waiting: 'waiting for data…',
+      fromLb: (lb) => `read from ${lb}`, fromEvent: 'from the last canary step',
+      lbStale: (lb, s) => `${lb} unreachable · value read ${s} s ago`,
     },
     ko: {
       title: '카나리 배포', split: '트래픽 분배', configured: '설정 가중치',
@@ -34,6 +36,8 @@
       instances: '인스턴스', ok: '통과', failed: '실패', draining: '드레인 중',
       live: (s) => `실시간 · ${s} 갱신`, stale: (s) => `오래됨 · 마지막 갱신 ${s}`,
       down: (why) => `데이터 없음: ${why}`, waiting: '데이터를 기다리는 중…',
+      fromLb: (lb) => `${lb}에서 읽음`, fromEvent: '마지막 카나리 단계 기준',
+      lbStale: (lb, s) => `${lb} 연결 안 됨 · ${s}초 전에 읽은 값`,
     },
   };
   const LANG = (navigator.language || 'en').toLowerCase().startsWith('ko') ? 'ko' : 'en';
@@ -72,6 +76,27 @@
     bar.style.setProperty('--blue-share', s === null ? '0' : String(s));
     row.querySelector('.split-figures').textContent =
       s === null ? '–' : `${fmt(blue)} / ${fmt(green)}`;
+  }
+
+  // Where the configured weights come from: the load balancer itself (chat/lbweights.py),
+  // or, before its first read, the last canary event.
+  const LB_NAMES = { haproxy: 'HAProxy', elbv2: 'ALB' };
+  function drawWeightsSource(w) {
+    const el = $('weights-source');
+    const lb = w && typeof w === 'object' ? LB_NAMES[w.source] : undefined;
+    if (!w || typeof w !== 'object' || !w.source) {
+      el.dataset.state = 'none';
+      el.textContent = '';
+    } else if (!lb) {
+      el.dataset.state = 'event';
+      el.textContent = T.fromEvent;
+    } else if (w.error) {
+      el.dataset.state = 'stale';
+      el.textContent = T.lbStale(lb, num(w.age_s));
+    } else {
+      el.dataset.state = 'live';
+      el.textContent = T.fromLb(lb);
+    }
   }
 
   // ------------------------------------------------------------------ color cards
@@ -116,6 +141,7 @@
     const b = colors.blue || {};
     const g = colors.green || {};
     drawSplit('split-weights', weights.blue, weights.green, (v) => `${num(v)}%`);
+    drawWeightsSource(stats.weights);
     drawSplit('split-live', b.connections, g.connections, (v) => num(v));
     drawSplit('split-new', b.new_connections_60s, g.new_connections_60s, (v) => num(v));
   }

@@ -397,6 +397,34 @@ def test_admin_listener_on_loopback_serves_admin_metrics_and_pinned_routes(
 
 
 @pytest.mark.timeout(120)
+def test_board_weights_are_haproxys_own_read_from_its_stats_page(
+        local_stack: dict[str, Any]) -> None:
+    # the read-only stats CSV on the admin listener, not on the public door
+    status, body = http(ADMIN, "/_haproxy/stats;csv")
+    assert status == 200 and body.startswith(b"# pxname,svname,")
+    assert http(LB, "/_haproxy/stats;csv")[0] == 404
+
+    def board_weights_become(want: dict[str, int]) -> None:
+        deadline = time.monotonic() + 15
+        while True:
+            got = json.loads(http(LB, "/api/stats")[1])["weights"] or {}
+            if got.get("source") == "haproxy" and {c: got.get(c) for c in want} == want:
+                return
+            assert time.monotonic() < deadline, (got, want)
+            time.sleep(0.3)
+
+    before = weights()
+    board_weights_become(before)
+    # a weight changed by hand on the runtime API shows on the board, no canary event needed
+    haproxy(f"set server chat/green weight {before['green'] + 1}")
+    try:
+        board_weights_become({**before, "green": before["green"] + 1})
+    finally:
+        haproxy(f"set server chat/green weight {before['green']}")
+    board_weights_become(before)
+
+
+@pytest.mark.timeout(120)
 def test_redis_requires_the_chat_user_which_can_do_only_what_the_chat_does(
         local_stack: dict[str, Any]) -> None:
     anonymous = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=5)

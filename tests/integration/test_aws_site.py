@@ -377,6 +377,23 @@ def test_ecs_services_task_definitions_image_repository_and_secret(site: str, aw
     assert groups[0]["retentionInDays"] == 7
 
 
+def test_task_definitions_read_the_boards_weights_from_the_listener(
+        site: str, aws: Aws) -> None:
+    lb_arn = aws.elbv2.describe_load_balancers(Names=[NAME])["LoadBalancers"][0][
+        "LoadBalancerArn"]
+    listener = next(x["ListenerArn"] for x in aws.elbv2.describe_listeners(
+        LoadBalancerArn=lb_arn)["Listeners"] if x["Port"] == 80)
+    for color in ("blue", "green"):
+        svc = aws.ecs.describe_services(cluster=NAME, services=[f"chat-{color}"])[
+            "services"][0]
+        td = aws.ecs.describe_task_definition(taskDefinition=svc["taskDefinition"])[
+            "taskDefinition"]
+        env = {e["name"]: e["value"] for e in td["containerDefinitions"][0]["environment"]}
+        assert env["CHAT_WEIGHTS_LISTENER_ARN"] == listener
+        assert env["CHAT_WEIGHTS_BLUE_TARGET_GROUP_ARN"] == tg_arn(aws, "blue")
+        assert env["CHAT_WEIGHTS_GREEN_TARGET_GROUP_ARN"] == tg_arn(aws, "green")
+
+
 def test_site_bucket_private_and_cloudfront_routes_ws_and_api_to_the_alb(
         site: str, aws: Aws) -> None:
     bucket = f"{NAME}-site-{ACCOUNT}"

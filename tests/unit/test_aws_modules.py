@@ -443,7 +443,8 @@ def test_5xx_alarm_expression_follows_the_documented_if_fill_forms() -> None:
 
 # ---- one Redis TLS switch: the chat's scheme follows the replication group
 
-def _render_environment(transit: bool | None) -> dict[str, str]:
+def _render_environment(transit: bool | None,
+                        more: dict[str, Any] | None = None) -> dict[str, str]:
     """roles/compute/templates/aws_environment.yml.j2 rendered by Ansible for blue."""
     import json
     import os
@@ -457,7 +458,7 @@ def _render_environment(transit: bool | None) -> dict[str, str]:
              "__compute_target_groups": [{"target_group_name": "canary-chat-blue",
                                           "target_group_arn": "arn:tg/blue"}],
              "__compute_redis": {"primary_endpoint": "redis.example", "primary_port": 6379,
-                                 "replication_group": group}}
+                                 "replication_group": group}, **(more or {})}
     template = REPO / "roles/compute/templates/aws_environment.yml.j2"
     proc = subprocess.run(
         [str(REPO / ".venv/bin/ansible"), "localhost", "-i", "localhost,", "-c", "local",
@@ -479,3 +480,21 @@ def test_redis_scheme_follows_the_groups_transit_encryption() -> None:
     assert env["REDIS_URL"] == "redis://redis.example:6379/0"
     assert env["CHAT_TARGET_GROUP_ARNS"] == "arn:tg/blue"
     assert (env["CHAT_CLOUDWATCH"], env["CHAT_ADMIN_BEARER"]) == ("1", "0")
+
+
+def test_the_board_reads_its_weights_from_the_listener_when_it_is_known() -> None:
+    from chat.config import Config
+    groups = [{"target_group_name": f"canary-chat-{c}", "target_group_arn": f"arn:tg/{c}"}
+              for c in ("blue", "green")]
+    env = _render_environment(None, {"__compute_listener_arn": "arn:listener/80",
+                                     "__compute_target_groups": groups})
+    assert (env["CHAT_WEIGHTS_LISTENER_ARN"], env["CHAT_WEIGHTS_BLUE_TARGET_GROUP_ARN"],
+            env["CHAT_WEIGHTS_GREEN_TARGET_GROUP_ARN"]) == (
+        "arn:listener/80", "arn:tg/blue", "arn:tg/green")
+    config = Config.from_env(env)  # the chat accepts what the role gives it
+    assert (config.weights_listener_arn, config.weights_green_target_group_arn) == (
+        "arn:listener/80", "arn:tg/green")
+    # no listener found (no ALB yet): no weights source, the chat starts all the same
+    bare = _render_environment(None, {"__compute_listener_arn": ""})
+    assert not any(k.startswith("CHAT_WEIGHTS_") for k in bare)
+    assert Config.from_env(bare).weights_listener_arn is None
