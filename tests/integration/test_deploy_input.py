@@ -27,6 +27,7 @@ from tests.chatstack import ADMIN_TOKEN, ChatInstance
 from tests.conftest import (
     REPO,
     VENV_BIN,
+    Service,
     free_port,
     haproxy_cli,
     haproxy_status,
@@ -250,3 +251,11 @@ def test_aws_endpoint_down_is_named_with_what_to_check() -> None:
                 inventory="inventories/aws")
     assert_refused(proc, f"aws_endpoint_url=http://127.0.0.1:{closed} could not be reached",
                    "AWS credentials", "aws_endpoint_url")
+
+
+def test_aws_without_the_alb_says_to_create_it(moto_server: Service) -> None:
+    proc = play("rollback.yml", ["-e", f"aws_endpoint_url={moto_server.url}",
+                                 "-e", "deploy_aws_name=no-such-alb"],
+                inventory="inventories/aws")
+    assert_refused(proc, f"aws_endpoint_url={moto_server.url} answered but has no ALB named "
+                         "no-such-alb", "site.yml")
