@@ -16,14 +16,16 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.chatstack import ADMIN_TOKEN, ChatInstance
+from tests.chatstack import ADMIN_TOKEN, ChatInstance, ChatStack
 from tests.conftest import (
     REPO,
     VENV_BIN,
@@ -69,6 +71,7 @@ ACTING_TASKS = ("Move the weights", "Call the chat admin API", "Wait until",
 
 @dataclass
 class Stack:
+    chat: ChatStack
     blue: ChatInstance
     green: ChatInstance
     sock: str
@@ -95,7 +98,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(chat_pair: tuple[ChatInstance, ChatInstance],
+def stack(chat_stack: ChatStack, chat_pair: tuple[ChatInstance, ChatInstance],
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     blue, green = chat_pair
     work = tmp_path_factory.mktemp("deploy-input")
@@ -114,7 +117,7 @@ def stack(chat_pair: tuple[ChatInstance, ChatInstance],
                 if os.path.exists(sock) and haproxy_status(sock, color).startswith("UP"):
                     break
                 subprocess.run(["sleep", "0.1"], check=True)
-        yield Stack(blue, green, sock, state, run_dir, lb_port)
+        yield Stack(chat_stack, blue, green, sock, state, run_dir, lb_port)
     finally:
         stop_process(proc)
 
@@ -225,6 +228,45 @@ def test_the_stack_takes_a_valid_rollback(stack: Stack) -> None:
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert haproxy_weights(stack.sock) == {"blue": 100, "green": 0}
     haproxy_cli(stack.sock, "set server chat/blue weight 90;set server chat/green weight 10")
+
+
+class StuckMetrics(BaseHTTPRequestHandler):
+    """A /metrics that keeps reporting 3 connections: a green that never empties."""
+
+    def do_GET(self) -> None:
+        body = b"chat_connections 3\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_drain_wait_prints_the_connections_left_and_its_limit(stack: Stack) -> None:
+    """rollback.yml's drain wait names its limit, prints green's connections after each
+    round, and at the limit fails saying how many are left (green's /metrics is pointed at
+    a server that always reports 3 connections)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StuckMetrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proc = play("rollback.yml", stack.extra(local_green_port=server.server_address[1],
+                                                deploy_drain_timeout=6))
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0, out[-3000:]
+        assert "at most seconds 6]" in out, out[-3000:]
+        assert re.search(r"green: 3 connection\(s\) left\s+after \d+ s of at most\s+6 s", out), \
+            out[-3000:]
+        assert len(failure_messages(out)) == 1, out[-3000:]
+        assert "green still holds 3 connection(s) after 6 s (deploy_drain_timeout)" in out
+        assert haproxy_weights(stack.sock) == {"blue": 100, "green": 0}
+    finally:
+        server.shutdown()
+        server.server_close()
+        status, _ = stack.chat.admin(stack.green, "/api/admin/undrain", {"color": "green"})
+        assert status in (200, 202), status
+        haproxy_cli(stack.sock, "set server chat/blue weight 90;set server chat/green weight 10")
 
 
 def test_socket_missing_is_named_with_how_to_start(stack: Stack, tmp_path: Path) -> None:
