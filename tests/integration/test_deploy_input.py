@@ -38,6 +38,7 @@ from tests.conftest import (
     stop_process,
     wait_for_port,
 )
+from tests.integration.test_traffic_shift_haproxy import run_module
 
 pytestmark = pytest.mark.integration
 
@@ -301,3 +302,13 @@ def test_aws_without_the_alb_says_to_create_it(moto_server: Service) -> None:
                 inventory="inventories/aws")
     assert_refused(proc, f"aws_endpoint_url={moto_server.url} answered but has no ALB named "
                          "no-such-alb", "site.yml")
+
+
+@pytest.mark.parametrize("weight", [150, -1])
+def test_the_module_refuses_an_out_of_range_weight_before_connecting(weight: int) -> None:
+    """traffic_shift's one weight range check (weights_for) runs before its driver connects:
+    a socket path that does not exist is never reached."""
+    result = run_module({"driver": "haproxy", "weight": weight, "bake_seconds": 0,
+                         "haproxy_socket": "/nonexistent/haproxy.sock"})
+    assert result.get("failed") is True, result
+    assert result["msg"] == f"weight must be between 0 and 100, got {weight}", result
