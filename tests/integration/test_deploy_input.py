@@ -312,3 +312,15 @@ def test_the_module_refuses_an_out_of_range_weight_before_connecting(weight: int
                          "haproxy_socket": "/nonexistent/haproxy.sock"})
     assert result.get("failed") is True, result
     assert result["msg"] == f"weight must be between 0 and 100, got {weight}", result
+
+
+@pytest.mark.parametrize("value", ["abc", "2", "-0.1"])
+def test_site_refuses_a_bad_green_fault_rate_before_provisioning(value: str) -> None:
+    """site.yml's first play checks green_fault_rate; nothing else runs (--check as well, so
+    a broken check could not provision the fixed local stack from a test)."""
+    proc = play("site.yml", ["-e", f"green_fault_rate={value}"], check=True)
+    assert_refused(proc, f"green_fault_rate='{value}'", "number from 0 to 1",
+                   "Refused before anything")
+    assert tasks_run(proc.stdout) == ["Check the compute values (green_fault_rate)",
+                                      "canarychat.platform.compute : Check green_fault_rate "
+                                      "before anything is provisioned"], proc.stdout[-2000:]
