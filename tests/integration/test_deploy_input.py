@@ -161,35 +161,48 @@ def assert_refused(proc: subprocess.CompletedProcess[str], *needles: str) -> str
     return errors[0]
 
 
-BAD_VALUES = [
-    # (playbook, variable, value, what the message says is allowed)
-    ("canary.yml", "weight", "abc", "whole number from 0 to 100"),
-    ("canary.yml", "weight", "150", "whole number from 0 to 100"),
-    ("canary.yml", "weight", "-5", "whole number from 0 to 100"),
-    ("canary.yml", "weight", "12.5", "whole number from 0 to 100"),
-    ("canary.yml", "bake_seconds", "abc", "whole number from 0 to 86400"),
-    ("canary.yml", "bake_seconds", "-1", "whole number from 0 to 86400"),
-    ("canary.yml", "deploy_min_sends", "-3", "whole number from 0 to 1000000"),
-    ("canary.yml", "deploy_min_sends", "many", "whole number from 0 to 1000000"),
-    ("canary.yml", "deploy_allow_idle", "sure", "true or false"),
-    ("canary.yml", "deploy_on_breach", "red", "one of blue, previous"),
-    ("canary.yml", "deploy_max_error_rate", "2", "number from 0 to 1"),
-    ("canary.yml", "local_blue_port", "70000", "whole number from 1 to 65535"),
-    ("canary.yml", "local_green_port", "x", "whole number from 1 to 65535"),
-    ("canary.yml", "local_lb_port", "0", "whole number from 1 to 65535"),
-    ("rollback.yml", "drain", "maybe", "true or false"),
-    ("rollback.yml", "deploy_drain_timeout", "-10", "whole number from 1 to 86400"),
-    ("rollback.yml", "local_lb_port", "http", "whole number from 1 to 65535"),
+# Each bad value of each variable, with what the message must say is allowed. The values of
+# one group go into one run (the check names every bad value in its one message), which
+# keeps the module's wall time to a few ansible-playbook runs.
+BAD_GROUPS: list[tuple[str, list[tuple[str, str, str]]]] = [
+    ("canary.yml", [
+        ("weight", "abc", "whole number from 0 to 100"),
+        ("bake_seconds", "abc", "whole number from 0 to 86400"),
+        ("deploy_min_sends", "-3", "whole number from 0 to 1000000"),
+        ("deploy_allow_idle", "sure", "true or false"),
+        ("deploy_on_breach", "red", "one of blue, previous"),
+        ("deploy_max_error_rate", "2", "number from 0 to 1"),
+        ("local_blue_port", "70000", "whole number from 1 to 65535"),
+    ]),
+    ("canary.yml", [
+        ("weight", "150", "whole number from 0 to 100"),
+        ("bake_seconds", "-1", "whole number from 0 to 86400"),
+        ("deploy_min_sends", "many", "whole number from 0 to 1000000"),
+        ("local_green_port", "x", "whole number from 1 to 65535"),
+        ("local_lb_port", "0", "whole number from 1 to 65535"),
+    ]),
+    ("canary.yml", [("weight", "-5", "whole number from 0 to 100")]),
+    ("canary.yml", [("weight", "12.5", "whole number from 0 to 100")]),
+    ("rollback.yml", [
+        ("drain", "maybe", "true or false"),
+        ("deploy_drain_timeout", "-10", "whole number from 1 to 86400"),
+        ("local_lb_port", "http", "whole number from 1 to 65535"),
+    ]),
 ]
 
 
-@pytest.mark.parametrize(("playbook", "name", "value", "allowed"), BAD_VALUES,
-                         ids=[f"{p}-{n}={v}" for p, n, v, _ in BAD_VALUES])
-def test_a_bad_value_is_refused_before_anything_moves(
-        stack: Stack, playbook: str, name: str, value: str, allowed: str) -> None:
+@pytest.mark.parametrize(("playbook", "bad"), BAD_GROUPS,
+                         ids=[f"{p}-" + ",".join(f"{n}={v}" for n, v, _ in b)
+                              for p, b in BAD_GROUPS])
+def test_bad_values_are_refused_before_anything_moves(
+        stack: Stack, playbook: str, bad: list[tuple[str, str, str]]) -> None:
     before = stack.snapshot()
-    proc = play(playbook, stack.extra(**{name: value}))
-    assert_refused(proc, f"{name}='{value}'", allowed, "Refused before anything")
+    proc = play(playbook, stack.extra(**{name: value for name, value, _ in bad}))
+    error = assert_refused(proc, "Refused before anything", f"({len(bad)} bad value")
+    # each variable with its value and, right after it, what is allowed
+    for name, value, allowed in bad:
+        assert re.search(re.escape(f"{name}='{value}': allowed is ") + "(a )?" + re.escape(allowed),
+                         error), (name, error)
     assert stack.snapshot() == before
 
 
@@ -218,6 +231,46 @@ def test_check_mode_reports_the_step_and_moves_nothing(stack: Stack) -> None:
     assert [t for t in ran if "Move the weights" in t], ran
     assert not [t for t in ran if "Call the chat admin API" in t or "Wait until" in t], ran
     assert "-> blue 50 / green 50" in out, out[-3000:]
+    assert stack.snapshot() == before
+
+
+def test_check_mode_does_not_undrain_a_drained_green(stack: Stack) -> None:
+    """After a rollback green is drained: --check neither undrains it nor waits for it, so the
+    module's pre-check reports it unhealthy, and green stays drained."""
+    status, _ = stack.chat.admin(stack.green, "/api/admin/drain", {"color": "green"})
+    assert status in (200, 202), status
+    try:
+        for _ in range(100):
+            if haproxy_status(stack.sock, "green").startswith("DOWN"):
+                break
+            subprocess.run(["sleep", "0.1"], check=True)
+        before = stack.snapshot()
+        assert before["green_ready"] == 503
+        proc = play("canary.yml", stack.extra(weight=50), check=True)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0, out[-3000:]
+        assert "healthy" in out, out[-3000:]
+        ran = tasks_run(proc.stdout)
+        assert not [t for t in ran if "Call the chat admin API" in t or "Wait until" in t], ran
+        assert stack.snapshot() == before
+    finally:
+        status, _ = stack.chat.admin(stack.green, "/api/admin/undrain", {"color": "green"})
+        assert status in (200, 202), status
+        for _ in range(100):
+            if haproxy_status(stack.sock, "green").startswith("UP"):
+                break
+            subprocess.run(["sleep", "0.1"], check=True)
+
+
+def test_check_mode_rollback_reports_and_moves_nothing(stack: Stack) -> None:
+    before = stack.snapshot()
+    proc = play("rollback.yml", stack.extra(), check=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    ran = tasks_run(proc.stdout)
+    assert [t for t in ran if "Move the weights" in t], ran
+    assert not [t for t in ran if "Call the chat admin API" in t or "Wait" in t], ran
+    assert "weights blue 100 / green 0" in out, out[-3000:]  # what it would set
     assert stack.snapshot() == before
 
 
