@@ -323,6 +323,27 @@ def test_drain_wait_prints_the_connections_left_and_its_limit(stack: Stack) -> N
         haproxy_cli(stack.sock, "set server chat/blue weight 90;set server chat/green weight 10")
 
 
+def test_rollback_with_green_down_says_so_and_completes(stack: Stack) -> None:
+    """A rollback while green's chat is down (its port refuses connections): the weights go
+    to blue, the drain wait says green is not running (so it holds no connection) and how to
+    look at it, and the play ends well instead of waiting deploy_drain_timeout."""
+    closed = free_port()
+    try:
+        proc = play("rollback.yml", stack.extra(local_green_port=closed))
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-3000:]
+        assert haproxy_weights(stack.sock) == {"blue": 100, "green": 0}
+        flat = " ".join(out.split())  # the callback wraps long messages
+        assert (f"green does not answer at http://127.0.0.1:{closed}/metrics (connection refused):"
+                " it is not running") in flat, out[-3000:]
+        assert f"supervisorctl -c {stack.state_dir}/supervisord.conf status" in flat, out[-3000:]
+        assert not failure_messages(out), out[-3000:]
+    finally:
+        status, _ = stack.chat.admin(stack.green, "/api/admin/undrain", {"color": "green"})
+        assert status in (200, 202), status
+        haproxy_cli(stack.sock, "set server chat/blue weight 90;set server chat/green weight 10")
+
+
 def test_socket_missing_is_named_with_how_to_start(stack: Stack, tmp_path: Path) -> None:
     empty_run = tempfile.mkdtemp(prefix="dpn-")
     before = stack.snapshot()
