@@ -500,8 +500,11 @@ def main():
         ],
     )
     p = module.params
-    if p["weight"] < 0 or p["weight"] > 100:
-        module.fail_json(msg="weight must be between 0 and 100, got %s" % p["weight"])
+    # The weight's one range check (weights_for), before any driver connects.
+    try:
+        target = weights_for(p["weight"])
+    except ValueError as e:
+        module.fail_json(msg=str(e))
     if (p["min_healthy"] < 0 or p["bake_seconds"] < 0 or p["poll_interval"] <= 0
             or p["min_sends"] < 0 or p["max_alb_5xx"] < 0):
         module.fail_json(msg="min_healthy, bake_seconds, min_sends and max_alb_5xx must be "
@@ -519,7 +522,7 @@ def main():
             if not p["rollback"]:
                 driver.check_alarms_exist()
         result = run_step(
-            driver, weights_for(p["weight"]), thresholds,
+            driver, target, thresholds,
             bake_seconds=p["bake_seconds"], poll_interval=p["poll_interval"],
             auto_rollback=p["auto_rollback"], verify=p["verify"],
             verify_timeout=p["verify_timeout"], rollback=p["rollback"],
