@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 export ANSIBLE_CONFIG="$PWD/ansible.cfg"
+# No test reads stdin, and Ansible refuses a non-blocking one (an inherited pipe).
+exec </dev/null
 
 lint() {
   echo "== ruff"; ruff check chat plugins tests bench

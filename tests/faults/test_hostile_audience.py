@@ -185,6 +185,6 @@ async def test_bad_green_still_trips_under_hostile_requests(fault_stack: FaultSt
     try:
         assert res.get("failed") is True and res.get("rolled_back") is True, res
         assert "error_rate" in res["msg"] and "green" in res["msg"], res["msg"]
-        assert weights == {"blue": 90, "green": 10}
+        assert weights == {"blue": 100, "green": 0}  # a breach sends everyone to blue
     finally:
         await asyncio.to_thread(fault_stack.ensure_green)
