@@ -11,7 +11,7 @@ DOCUMENTATION = r"""
 ---
 module: elb_origin_rule
 short_description: An ALB listener that forwards only requests carrying a secret origin header
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Makes the listener on O(listener_port) of an Application Load Balancer forward, with
     weights, only the requests whose header O(header_name) matches one of O(header_values)
