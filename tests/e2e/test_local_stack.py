@@ -416,6 +416,10 @@ def test_redis_requires_the_chat_user_which_can_do_only_what_the_chat_does(
                        socket_timeout=5)
     assert chat.ping()
     assert chat.lrange("chat:deploy:events", 0, 0) is not None  # its own keys
+    # a signed admin call's nonce, claimed once (chat/bus.py claim_admin_nonce)
+    nonce = f"chat:admin:nonce:e2e-{uuid.uuid4().hex}"
+    assert chat.set(nonce, "1", nx=True, ex=5)
+    assert not chat.set(nonce, "1", nx=True, ex=5)
     for forbidden in (lambda: chat.flushall(), lambda: chat.config_get("*"),
                       lambda: chat.keys("*"), lambda: chat.get("other:key"),
                       lambda: chat.publish("elsewhere", "x"), lambda: chat.acl_list(),
