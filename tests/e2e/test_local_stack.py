@@ -12,7 +12,8 @@ this module is the only test that may run it; it takes the stack down at the end
   a browser needs to allow-listed Hosts, the admin listener (loopback) the rest; Redis and
   the emulator refuse whoever lacks the stack's secrets; every program runs as its own user;
   logs are 0640 without query strings; per-source connection limits at the public door;
-  a checkout the program users cannot enter stops site.yml early, naming the path.
+  the programs run from root's copies in /opt/canary-chat, so a checkout under a 0700
+  directory deploys a working stack.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import os
 import pwd
 import re
+import shutil
 import socket
 import stat
 import subprocess
@@ -442,6 +444,10 @@ def test_redis_requires_the_chat_user_which_can_do_only_what_the_chat_does(
                        socket_timeout=5)
     assert chat.ping()
     assert chat.lrange("chat:deploy:events", 0, 0) is not None  # its own keys
+    # a signed admin call's nonce, claimed once (chat/bus.py claim_admin_nonce)
+    nonce = f"chat:admin:nonce:e2e-{uuid.uuid4().hex}"
+    assert chat.set(nonce, "1", nx=True, ex=5)
+    assert not chat.set(nonce, "1", nx=True, ex=5)
     for forbidden in (lambda: chat.flushall(), lambda: chat.config_get("*"),
                       lambda: chat.keys("*"), lambda: chat.get("other:key"),
                       lambda: chat.publish("elsewhere", "x"), lambda: chat.acl_list(),
@@ -450,17 +456,18 @@ def test_redis_requires_the_chat_user_which_can_do_only_what_the_chat_does(
             forbidden()
 
 
+def ddb(key_id: str, secret: str) -> Any:
+    """A DynamoDB client of the local emulator, signing with the given key."""
+    return boto3.client("dynamodb", endpoint_url="http://127.0.0.1:8000",
+                        region_name="ap-northeast-2", aws_access_key_id=key_id,
+                        aws_secret_access_key=secret, config=Config(retries={"max_attempts": 1}))
+
+
 @pytest.mark.timeout(120)
 def test_emulator_refuses_writes_without_the_stack_key(local_stack: dict[str, Any]) -> None:
     creds_file = STATE_DIR / "dynamodb_credentials"
     assert stat.S_IMODE(creds_file.stat().st_mode) == 0o600
     creds = json.loads(creds_file.read_text())
-
-    def ddb(key_id: str, secret: str) -> Any:
-        return boto3.client("dynamodb", endpoint_url="http://127.0.0.1:8000",
-                            region_name="ap-northeast-2", aws_access_key_id=key_id,
-                            aws_secret_access_key=secret,
-                            config=Config(retries={"max_attempts": 1}))
 
     forged = {"room": {"S": "lobby"}, "seq": {"N": "999999"}, "text": {"S": "forged"}}
     for key_id, secret, code in [("local", "local", "UnrecognizedClientException"),
@@ -585,20 +592,51 @@ async def test_per_source_limits_at_the_public_door(local_stack: dict[str, Any])
     assert ws_handshake_status(LB, LB, f"http://{LB}") == 101
 
 
-@pytest.mark.timeout(600)
-def test_a_checkout_the_program_users_cannot_enter_fails_early_and_clearly(
-        tmp_path: Path) -> None:
-    """The programs run the venv's python as unprivileged users: a checkout under a 0700
-    directory must stop the base role with the path and the fix, before anything starts,
-    and the role must not change the directory's mode itself."""
+RUNTIME_DIR = Path("/opt/canary-chat")
+
+
+def as_user(user: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.timeout(900)
+def test_a_checkout_under_a_0700_directory_still_deploys_a_working_stack(
+        local_stack: dict[str, Any], tmp_path: Path) -> None:
+    """The programs run as unprivileged users, but from the runtime copies root makes in
+    /opt/canary-chat: a checkout under a 0700 directory (root's home, mktemp -d) rebuilds
+    them, and the stack they run works, whatever its users may read."""
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o700)
     checkout = locked / "repo"
     checkout.symlink_to(REPO)
-    result = playbook("playbooks/base.yml", "-e", f"local_project_dir={checkout}", timeout=300)
-    out = result.stdout
-    assert result.returncode != 0, out[-3000:]
-    assert f"canary-chat cannot run {checkout}/.venv/bin/python" in out, out[-3000:]
-    assert "chmod o+rx" in out
-    assert "Create the state, log and socket directories" not in out
+    assert as_user("canary-chat", "test", "-r", str(checkout / "chat" / "app.py")).returncode != 0
+    # without copies, the programs have nothing to run but what site.yml takes from there
+    for name in ("chat", "site"):
+        shutil.rmtree(RUNTIME_DIR / name)
+    (RUNTIME_DIR / "dynamodb_emulator.py").unlink()
+    before = program_pids()
+
+    out = ok(playbook("site.yml", "-e", f"local_project_dir={checkout}"))
+    assert recap(out)["failed"] == 0
     assert stat.S_IMODE(locked.stat().st_mode) == 0o700
+    # the copies are back, readable by the program users; the programs using them restarted
+    copy = RUNTIME_DIR / "chat" / "app.py"
+    assert as_user("canary-chat", "test", "-r", str(copy)).returncode == 0
+    after = program_pids()
+    for program in ("chat-blue", "chat-green", "dynamodb"):
+        assert after[program] != before[program], program
+        cwd = os.readlink(f"/proc/{after[program]}/cwd")
+        cmdline = Path(f"/proc/{after[program]}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[0].decode() == f"{RUNTIME_DIR}/venv/bin/python", (program, cmdline)
+        assert all(str(REPO) not in a.decode() and str(locked) not in a.decode()
+                   for a in cmdline), (program, cmdline)
+        assert not cwd.startswith((str(REPO), str(locked))), (program, cwd)
+    # the runtime venv comes from the system python, which every user may execute
+    assert "home = /usr/bin" in (RUNTIME_DIR / "venv" / "pyvenv.cfg").read_text()
+    # a working stack: the page, WebSockets through HAProxy, the emulator's tables
+    assert http(LB, "/", host=LB)[0] == 200
+    assert sum(asyncio.run(probe(20)).values()) == 20
+    creds = json.loads((STATE_DIR / "dynamodb_credentials").read_text())
+    good = ddb(creds["access_key_id"], creds["secret_access_key"])
+    assert good.describe_table(TableName="messages")["Table"]["TableStatus"] == "ACTIVE"
