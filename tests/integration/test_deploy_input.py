@@ -55,6 +55,9 @@ defaults
 frontend www
     bind 127.0.0.1:{port}
     default_backend chat
+frontend admin
+    bind 127.0.0.1:{admin}
+    default_backend chat
 backend chat
     balance roundrobin
     option httpchk
@@ -79,11 +82,13 @@ class Stack:
     state_dir: Path
     run_dir: str
     lb_port: int
+    admin_port: int
 
     def extra(self, **over: Any) -> list[str]:
         values: dict[str, Any] = {
             "local_state_dir": str(self.state_dir), "local_run_dir": self.run_dir,
             "local_bind_address": "127.0.0.1", "local_lb_port": self.lb_port,
+            "local_admin_port": self.admin_port,
             "local_blue_port": self.blue.port, "local_green_port": self.green.port,
             "bake_seconds": 0, **over}
         args: list[str] = []
@@ -108,17 +113,18 @@ def stack(chat_stack: ChatStack, chat_pair: tuple[ChatInstance, ChatInstance],
     (state / "admin_token").write_text(ADMIN_TOKEN + "\n")
     run_dir = tempfile.mkdtemp(prefix="dpi-")  # UNIX socket paths are short
     sock = os.path.join(run_dir, "haproxy.sock")
-    lb_port = free_port()
+    lb_port, admin_port = free_port(), free_port()
     proc = start_haproxy(work / "haproxy.cfg", HAPROXY_CFG.format(
-        sock=sock, port=lb_port, blue=blue.port, green=green.port))
+        sock=sock, port=lb_port, admin=admin_port, blue=blue.port, green=green.port))
     try:
         wait_for_port(lb_port)
+        wait_for_port(admin_port)
         for color in ("blue", "green"):
             for _ in range(100):
                 if os.path.exists(sock) and haproxy_status(sock, color).startswith("UP"):
                     break
                 subprocess.run(["sleep", "0.1"], check=True)
-        yield Stack(chat_stack, blue, green, sock, state, run_dir, lb_port)
+        yield Stack(chat_stack, blue, green, sock, state, run_dir, lb_port, admin_port)
     finally:
         stop_process(proc)
 
@@ -217,7 +223,7 @@ def test_several_bad_values_are_named_in_one_message(stack: Stack) -> None:
 
 def test_the_same_ports_twice_are_refused(stack: Stack) -> None:
     proc = play("canary.yml", stack.extra(weight=50, local_green_port=stack.blue.port))
-    assert_refused(proc, "three different ports")
+    assert_refused(proc, "four different ports")
 
 
 def test_check_mode_reports_the_step_and_moves_nothing(stack: Stack) -> None:
