@@ -137,6 +137,9 @@ except ImportError:
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 from ansible_collections.amazon.aws.plugins.module_utils.retries import AWSRetry
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_core import (
+    weighted_rule,
+)
 
 
 def forward_weights(action):
@@ -152,15 +155,9 @@ def forward_weights(action):
 
 
 def find_weighted_rule(rules, arns):
-    """The non-default rule whose forward action lists exactly the given target groups."""
-    for rule in rules:
-        if rule.get("IsDefault"):
-            continue
-        for action in rule.get("Actions") or []:
-            weights = forward_weights(action)
-            if weights is not None and set(weights) == set(arns):
-                return rule
-    return None
+    """The non-default rule whose forward action lists the given target groups: found as
+    traffic_shift's driver finds the rule whose weights it moves (one definition for both)."""
+    return weighted_rule(rules, {arn: arn for arn in arns})
 
 
 def header_condition(name, values):
