@@ -20,7 +20,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ import boto3
 import pytest
 import yaml
 
-from tests.conftest import REPO, VENV_BIN, Service, free_port, wait_for_http
+from tests.conftest import REPO, VENV_BIN, Service, start_moto
 
 pytestmark = [pytest.mark.aws, pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -169,14 +168,8 @@ def test_ansible_doc_reads_traffic_shift_from_the_installed_path(
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[Service]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "roles/data/files/dynamodb_emulator.py"),
-         "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    svc = Service(port, proc, f"http://127.0.0.1:{port}")
+    svc = start_moto()
     try:
-        wait_for_http(f"{svc.url}/moto-api/")
         yield svc
     finally:
         svc.stop()
