@@ -28,7 +28,7 @@ python -m pytest -p no:cacheprovider "$@"
 # module tears its own stack down) and only as root, like the e2e tests.
 if [ "$(id -u)" -eq 0 ] && [ "$#" -eq 0 ]; then
   echo "== molecule (local target)"
-  molecule test -s local
+  molecule test -s local </dev/null
 fi
 
 # The AWS target as molecule sees it, against an emulator its prepare step starts on a free
@@ -36,6 +36,6 @@ fi
 if [ "$#" -eq 0 ]; then
   echo "== molecule (AWS target on the emulator)"
   # a previous run's state would make molecule skip prepare (the emulator's start)
-  molecule reset -s aws
-  molecule test -s aws
+  molecule reset -s aws </dev/null
+  molecule test -s aws </dev/null
 fi

@@ -155,6 +155,23 @@ def moto_server() -> Iterator[Service]:
     svc.stop()
 
 
+@pytest.fixture(autouse=True)
+def _stdin_stays_blocking() -> Iterator[None]:
+    """Every test starts with a blocking stdin, and fails if it leaves stdin non-blocking.
+
+    Child processes share this process's stdin; one that sets O_NONBLOCK on it (buildah run
+    does) makes every later `ansible-playbook` refuse to start. Children should get their own
+    stdin (`stdin=subprocess.DEVNULL`); this finds the one that did not, and keeps the rest of
+    the run from failing for it.
+    """
+    os.set_blocking(0, True)
+    yield
+    if not os.get_blocking(0):
+        os.set_blocking(0, True)
+        pytest.fail("stdin was left non-blocking: give the test's child processes "
+                    "stdin=subprocess.DEVNULL")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _aws_test_env() -> Iterator[None]:
     """No test may reach real AWS: dummy credentials, Seoul region."""

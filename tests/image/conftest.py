@@ -25,7 +25,8 @@ def buildah_unusable() -> str | None:
     """Why buildah cannot build and run images here, or None."""
     if shutil.which("buildah") is None:
         return "buildah is not installed (scripts/setup.sh installs it)"
-    r = subprocess.run(["buildah", "info"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(["buildah", "info"], stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, timeout=60)
     if r.returncode != 0:
         return f"buildah cannot run here: {r.stderr.strip()[:300]}"
     return None
@@ -37,7 +38,8 @@ needs_buildah = pytest.mark.skipif(BUILDAH_UNUSABLE is not None, reason=str(BUIL
 
 
 def buildah(*args: str, timeout: float = 120) -> str:
-    r = subprocess.run(["buildah", *args], capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(["buildah", *args], stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, timeout=timeout)
     if r.returncode != 0:
         raise AssertionError(f"buildah {' '.join(args)}: {r.stderr[-2000:]}")
     return r.stdout
@@ -54,11 +56,12 @@ class Built:
 @pytest.fixture(scope="session")
 def image() -> Built:
     base = subprocess.run(["bash", "scripts/image.sh", "base"], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+                          stdin=subprocess.DEVNULL, text=True, timeout=600)
     assert base.returncode == 0, base.stderr[-3000:]
     t0 = time.monotonic()
     built = subprocess.run(["bash", "scripts/image.sh", "build", TAG], cwd=REPO,
-                           capture_output=True, text=True, timeout=600)
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     seconds = time.monotonic() - t0
     info = json.loads(buildah("inspect", "--type", "image", TAG))

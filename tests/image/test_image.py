@@ -110,7 +110,8 @@ def container(image: Built, chat_stack: ChatStack, redis_server: Service,
     with log.open("wb") as f:
         proc = subprocess.Popen(
             ["buildah", "run", "--isolation", "chroot", "--network", "host", *args, name,
-             "--", *image.config["Cmd"]], stdout=f, stderr=subprocess.STDOUT)
+             "--", *image.config["Cmd"]], stdin=subprocess.DEVNULL, stdout=f,
+            stderr=subprocess.STDOUT)
     ctr = Container(name, proc, port, log)
     try:
         wait_for_http(f"{ctr.url}/healthz", timeout=60)
@@ -124,7 +125,8 @@ def container(image: Built, chat_stack: ChatStack, redis_server: Service,
                     pass
             proc.kill()
         proc.wait(15)
-        subprocess.run(["buildah", "rm", name], capture_output=True, timeout=60)
+        subprocess.run(["buildah", "rm", name], stdin=subprocess.DEVNULL, capture_output=True,
+                       timeout=60)
 
 
 def test_image_declares_what_ecs_needs(image: Built):
