@@ -21,7 +21,7 @@ if [ "${1:-}" = "lint" ]; then lint; exit 0; fi
 
 lint
 echo "== pytest"
-python -m pytest -p no:cacheprovider "$@"
+python -m pytest -p no:cacheprovider --durations=30 "$@"
 
 # The local target as molecule sees it (converge, idempotence, verify, cleanup). It uses
 # the fixed local-stack ports and /var/lib/canary-chat, so it runs after pytest (whose e2e
