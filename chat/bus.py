@@ -46,6 +46,12 @@ EVENTS_KEPT = 50
 BusErrors = (RedisError, OSError, asyncio.TimeoutError)
 
 
+# Connections per process (redis-py's default size); two colors on one Redis stay far below
+# redis-server's and ElastiCache's maxclients. A command waits this long for a free one.
+REDIS_MAX_CONNECTIONS = 100
+REDIS_POOL_WAIT_SECONDS = 5.0
+
+
 class RoomBus:
     def __init__(self, config: Config, *,
                  on_message: Callable[[str, str], None],
@@ -60,11 +66,16 @@ class RoomBus:
         # After an ElastiCache failover the old primary answers READONLY until we
         # reconnect: retrying on ReadOnlyError drops the connection and resolves the
         # primary endpoint's DNS again.
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            config.redis_url, decode_responses=True, socket_timeout=3,
+        # A blocking pool: when every connection is busy (a flood of sends), a command waits
+        # for one instead of failing with "Too many connections", which would turn a busy
+        # instance into send errors and a failing /readyz.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            config.redis_url, max_connections=REDIS_MAX_CONNECTIONS,
+            timeout=REDIS_POOL_WAIT_SECONDS, decode_responses=True, socket_timeout=3,
             socket_connect_timeout=2, health_check_interval=10,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
             retry_on_error=[ReadOnlyError])
+        self.redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self.connected = asyncio.Event()
         self.local_presence: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
