@@ -202,15 +202,17 @@ def stack() -> Iterator[Stack]:
 # ------------------------------------------------------------------ running the module
 
 
-def run_module(args: dict[str, Any], *flags: str) -> dict[str, Any]:
-    """Run traffic_shift as Ansible does (ad-hoc, local connection); its result."""
+def run_module(args: dict[str, Any], *flags: str,
+               module: str = "canarychat.platform.traffic_shift") -> dict[str, Any]:
+    """Run traffic_shift (or another module of ours) as Ansible does (ad-hoc, local
+    connection); its result."""
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
                ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json",
                ANSIBLE_NOCOLOR="1")
     proc = subprocess.run(
         [str(VENV_BIN / "ansible"), "localhost", "-i", "localhost,", "-c", "local",
          "-e", f"ansible_python_interpreter={VENV_BIN / 'python'}",
-         "-m", "canarychat.platform.traffic_shift", "-a", json.dumps(args), *flags],
+         "-m", module, "-a", json.dumps(args), *flags],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
     try:
         out = json.loads(proc.stdout)
