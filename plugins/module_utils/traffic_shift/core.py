@@ -33,12 +33,19 @@ GATE_ALB_5XX = "alb_5xx"
 
 # --------------------------------------------------------------------------- weights
 
+# The allowed range of green's weight (a percentage), lowest and highest. The module checks
+# it here; the deploy role's input check reads the same pair through the
+# canarychat.platform.traffic_shift_range filter.
+WEIGHT_RANGE = (0, 100)
+
+
 def weights_for(green_percent):
-    """Green gets `green_percent` (0-100), blue the rest."""
+    """Green gets `green_percent` (WEIGHT_RANGE, a percentage), blue the rest."""
+    low, high = WEIGHT_RANGE
     green = int(green_percent)
-    if green < 0 or green > 100:
-        raise ValueError("weight must be between 0 and 100, got %r" % (green_percent,))
-    return {"blue": 100 - green, "green": green}
+    if green < low or green > high:
+        raise ValueError("weight must be between %d and %d, got %r" % (low, high, green_percent))
+    return {"blue": high - green, "green": green}
 
 
 def gaining_color(before, after):
