@@ -23,12 +23,14 @@ LOCAL_VARS = REPO / "inventories/local/group_vars/all.yml"
 
 def render_haproxy_cfg(*, lb_port: int, admin_port: int, blue_port: int, green_port: int,
                        run_dir: str | Path, state_dir: str | Path,
-                       weights: tuple[int, int] = (90, 10), **knobs: Any) -> str:
+                       weights: tuple[int, int] = (90, 10), runtime_api_tcp_port: int | None = None,
+                       **knobs: Any) -> str:
     """The role's haproxy.cfg for a stack on these ports. HAProxy's runtime API socket is
     <run_dir>/haproxy.sock, its server-state file <state_dir>/haproxy.state; it runs as the
     current user (the role's unprivileged user exists only on a provisioned machine).
     `knobs` override role or inventory variables by name (loadbalancer_local_check_inter_ms,
-    local_allowed_hosts, ...)."""
+    local_allowed_hosts, ...). `runtime_api_tcp_port` adds a second runtime API socket on
+    127.0.0.1 (traffic_shift accepts host:port; the role itself only opens the UNIX one)."""
     defaults = yaml.safe_load(ROLE_DEFAULTS.read_text())
     local = yaml.safe_load(LOCAL_VARS.read_text())
     me = pwd.getpwuid(os.getuid()).pw_name
@@ -53,4 +55,10 @@ def render_haproxy_cfg(*, lb_port: int, admin_port: int, blue_port: int, green_p
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     text = env.from_string(TEMPLATE.read_text()).render(context)
     # HAProxy's `group` is the user's own group here, not one named after the user
-    return text.replace(f"    group {me}\n", f"    group {group}\n")
+    text = text.replace(f"    group {me}\n", f"    group {group}\n")
+    if runtime_api_tcp_port is not None:
+        unix = f"    stats socket {run_dir}/haproxy.sock mode 600 level admin\n"
+        assert unix in text, "the role's template no longer opens the runtime API socket"
+        text = text.replace(unix, unix + f"    stats socket ipv4@127.0.0.1:{runtime_api_tcp_port}"
+                                          " level admin\n")
+    return text
