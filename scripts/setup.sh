@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # System packages: Python venv support, the real components the stack and the tests use.
 # buildah and debootstrap: the image test (tests/image, scripts/image.sh) builds and runs
 # chat/Dockerfile without a Docker engine or a registry.
-APT_PACKAGES=(python3 python3-venv python3-pip redis-server haproxy socat chromium git make curl procps
+APT_PACKAGES=(python3 python3-venv python3-pip redis-server haproxy chromium git make curl procps
   buildah debootstrap shellcheck)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

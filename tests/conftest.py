@@ -22,6 +22,18 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
+# Import the collection's code as Ansible does: through the collections/ansible_collections
+# symlink tree.
+if str(REPO / "collections") not in sys.path:
+    sys.path.insert(0, str(REPO / "collections"))
+
+from ansible_collections.canarychat.platform.plugins.module_utils.haproxy_runtime import (  # noqa: E402
+    RuntimeAPI,
+    parse_get_weight,
+    parse_show_stat,
+    stat_row,
+)
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -55,32 +67,23 @@ def wait_for_http(url: str, timeout: float = 20.0) -> None:
 
 
 def haproxy_cli(sock: str, command: str) -> str:
-    """One command on HAProxy's runtime API (a unix socket); its whole answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(5)
-        s.connect(sock)
-        s.sendall(command.encode() + b"\n")
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks).decode()
+    """One command on HAProxy's runtime API (a unix socket); its whole answer. The
+    collection's own client (plugins/module_utils/haproxy_runtime.py)."""
+    return RuntimeAPI(sock, timeout=5).run(command)
 
 
 def haproxy_weights(sock: str) -> dict[str, int]:
     """The current weights of chat/blue and chat/green."""
-    return {c: int(haproxy_cli(sock, f"get weight chat/{c}").split()[0])
+    return {c: parse_get_weight(haproxy_cli(sock, f"get weight chat/{c}"))
             for c in ("blue", "green")}
 
 
 def haproxy_status(sock: str, color: str) -> str:
     """chat/<color>'s status column of `show stat` (UP, DOWN, ...)."""
-    lines = haproxy_cli(sock, "show stat").splitlines()
-    header = lines[0][2:].split(",")
-    for line in lines[1:]:
-        row = dict(zip(header, line.split(","), strict=False))
-        if row.get("pxname") == "chat" and row.get("svname") == color:
-            return row["status"]
-    raise AssertionError(f"no chat/{color} in show stat")
+    row = stat_row(parse_show_stat(haproxy_cli(sock, "show stat")), "chat", color)
+    if row is None:
+        raise AssertionError(f"no chat/{color} in show stat")
+    return str(row["status"])
 
 
 @dataclass

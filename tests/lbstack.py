@@ -1,8 +1,8 @@
 """A weighted local stack for the board's live weights: its own redis-server (no canary
 event left by another suite), chat blue and green serving site/, and a real HAProxy in front
-of them whose admin listener serves the read-only stats CSV the chats poll, as
-roles/loadbalancer/templates/haproxy.cfg.j2 does (`stats enable` / `stats uri` in the
-loopback `frontend admin` behind its Host allow-list, no `stats admin`). Free ports only.
+of them on the loadbalancer role's own configuration (tests/haproxy_config.py renders
+roles/loadbalancer/templates/haproxy.cfg.j2), whose admin listener serves the read-only
+stats CSV the chats poll. Free ports only.
 """
 
 from __future__ import annotations
@@ -27,40 +27,9 @@ from tests.conftest import (
     stop_process,
     wait_for_port,
 )
+from tests.haproxy_config import render_haproxy_cfg
 
-STATS_URI = "/_haproxy/stats"
-
-HAPROXY_CFG = """\
-global
-    maxconn 200
-    stats socket {sock} mode 600 level admin
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout tunnel 1h
-    default-server check inter 500ms fall 2 rise 1
-frontend www
-    bind 127.0.0.1:{port}
-    default_backend chat
-frontend admin
-    bind 127.0.0.1:{admin}
-    acl admin_host req.hdr(host),lower -m str 127.0.0.1:{admin} localhost:{admin}
-    http-request deny deny_status 403 unless {{ req.hdr_cnt(host) eq 1 }} admin_host
-    stats enable
-    stats uri {stats_uri}
-    stats hide-version
-    default_backend chat
-backend chat
-    balance roundrobin
-    option httpchk
-    http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host 127.0.0.1:{admin}
-    http-check expect status 200
-    server blue 127.0.0.1:{blue} weight {wb}
-    server green 127.0.0.1:{green} weight {wg}
-"""
-
+STATS_URI = "/_haproxy/stats"  # the local inventory's local_haproxy_stats_uri
 
 @dataclass
 class WeightedStack:
@@ -128,10 +97,14 @@ def weighted_stack(moto: Service, workdir: Path, weights: tuple[int, int] = (90,
     try:
         chats.init_tables()
         port, admin, blue_port, green_port = (free_port() for _ in range(4))
-        sock = str(Path(tempfile.mkdtemp(prefix="lbw-")) / "haproxy.sock")  # short path
-        text = HAPROXY_CFG.format(sock=sock, port=port, admin=admin, stats_uri=STATS_URI,
-                                  blue=blue_port, green=green_port, wb=weights[0],
-                                  wg=weights[1])
+        run_dir = Path(tempfile.mkdtemp(prefix="lbw-"))  # short: UNIX socket paths are limited
+        sock = str(run_dir / "haproxy.sock")
+        text = render_haproxy_cfg(lb_port=port, admin_port=admin, blue_port=blue_port,
+                                  green_port=green_port, run_dir=run_dir, state_dir=workdir,
+                                  weights=weights, loadbalancer_local_maxconn=200,
+                                  loadbalancer_local_check_inter_ms=500,
+                                  loadbalancer_local_check_fall=2,
+                                  loadbalancer_local_check_rise=1)
         cfg = workdir / "haproxy.cfg"
         haproxy = start_haproxy(cfg, text)
         wait_for_port(admin)

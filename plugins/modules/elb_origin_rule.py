@@ -137,7 +137,7 @@ except ImportError:
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 from ansible_collections.amazon.aws.plugins.module_utils.retries import AWSRetry
-from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_core import (
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift.elbv2 import (
     weighted_rule,
 )
 

@@ -388,25 +388,27 @@ except ImportError:
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 from ansible_collections.amazon.aws.plugins.module_utils.retries import AWSRetry
-from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_core import (
+from ansible_collections.canarychat.platform.plugins.module_utils.haproxy_runtime import (
+    RuntimeAPI,
+    RuntimeAPIError,
+)
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift.core import (
     Thresholds,
     weights_for,
 )
-from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_elbv2 import (
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift.elbv2 import (
     ConfigError,
     ELBv2Driver,
     find_listener_arn,
     find_target_group_arn,
 )
-from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_haproxy import (
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift.haproxy import (
     HAProxyDriver,
-    RuntimeAPI,
-    RuntimeAPIError,
 )
-from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_metrics import (
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift.metrics import (
     ChatMetrics,
 )
-from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_step import (
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift.step import (
     StepFailed,
     run_step,
 )

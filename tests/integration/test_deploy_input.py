@@ -1,7 +1,8 @@
 """canary.yml / rollback.yml refuse bad input and unreachable parts before anything moves.
 
 One stack per module on free ports (redis-server, the DynamoDB emulator, chat blue and green,
-a real HAProxy with its runtime socket), and the local inventory pointed at it with -e
+a real HAProxy on the loadbalancer role's rendered configuration (tests/haproxy_config.py) with
+its runtime socket), and the local inventory pointed at it with -e
 (local_state_dir holds the admin token, local_run_dir the HAProxy socket, the three ports).
 Each bad value of each extra variable must end the play with one message naming the
 variable, the value and what is allowed, while the weights, green's drain state and the
@@ -38,34 +39,10 @@ from tests.conftest import (
     stop_process,
     wait_for_port,
 )
+from tests.haproxy_config import render_haproxy_cfg
 from tests.integration.test_traffic_shift_haproxy import run_module
 
 pytestmark = pytest.mark.integration
-
-HAPROXY_CFG = """\
-global
-    stats socket {sock} mode 600 level admin
-defaults
-    mode http
-    timeout connect 2s
-    timeout check 2s
-    timeout client 30s
-    timeout server 30s
-    default-server check inter 300ms fall 2 rise 1
-frontend www
-    bind 127.0.0.1:{port}
-    default_backend chat
-frontend admin
-    bind 127.0.0.1:{admin}
-    default_backend chat
-backend chat
-    balance roundrobin
-    option httpchk
-    http-check send meth GET uri /readyz
-    http-check expect status 200
-    server blue 127.0.0.1:{blue} weight 90
-    server green 127.0.0.1:{green} weight 10
-"""
 
 # Task titles of everything that calls the chat, moves weights or waits: none may run when
 # the input is refused.
@@ -114,8 +91,10 @@ def stack(chat_stack: ChatStack, chat_pair: tuple[ChatInstance, ChatInstance],
     run_dir = tempfile.mkdtemp(prefix="dpi-")  # UNIX socket paths are short
     sock = os.path.join(run_dir, "haproxy.sock")
     lb_port, admin_port = free_port(), free_port()
-    proc = start_haproxy(work / "haproxy.cfg", HAPROXY_CFG.format(
-        sock=sock, port=lb_port, admin=admin_port, blue=blue.port, green=green.port))
+    proc = start_haproxy(work / "haproxy.cfg", render_haproxy_cfg(
+        lb_port=lb_port, admin_port=admin_port, blue_port=blue.port, green_port=green.port,
+        run_dir=run_dir, state_dir=state, loadbalancer_local_check_inter_ms=300,
+        loadbalancer_local_check_fall=2, loadbalancer_local_check_rise=1))
     try:
         wait_for_port(lb_port)
         wait_for_port(admin_port)

@@ -1,6 +1,7 @@
 """traffic_shift's haproxy driver against a real HAProxy 2.6, run as Ansible runs it.
 
-Each test starts HAProxy on free ports with one backend `chat` holding servers `blue` and
+Each test starts HAProxy on free ports, on the loadbalancer role's configuration
+(tests/haproxy_config.py): one backend `chat` holding servers `blue` and
 `green`, which point at two tiny in-process HTTP servers standing in for the chat: they
 answer /readyz (200, or 503 when "down"), /metrics in the chat's format (counters that grow
 on every scrape, with errors when "faulty") and any other path with 200 (500 when
@@ -37,6 +38,7 @@ from tests.conftest import (
     stop_process,
     wait_for_port,
 )
+from tests.haproxy_config import render_haproxy_cfg
 
 pytestmark = pytest.mark.integration
 
@@ -153,27 +155,6 @@ class Stack:
             return e.code, e.read().decode()
 
 
-HAPROXY_CFG = """\
-global
-  stats socket {sock} mode 600 level admin
-  stats socket ipv4@127.0.0.1:{tcp} level admin
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 10s
-  timeout server 10s
-frontend fe
-  bind 127.0.0.1:{fe}
-  default_backend chat
-backend chat
-  balance roundrobin
-  option httpchk GET /readyz
-  default-server check inter 100ms fall 1 rise 1
-  server blue 127.0.0.1:{blue} weight 90
-  server green 127.0.0.1:{green} weight 10
-"""
-
-
 @pytest.fixture
 def stack() -> Iterator[Stack]:
     blue, green = FakeChat("blue"), FakeChat("green")
@@ -181,8 +162,12 @@ def stack() -> Iterator[Stack]:
     tmp = tempfile.mkdtemp(prefix="ts-haproxy-")  # short: UNIX socket paths are limited
     sock = os.path.join(tmp, "haproxy.sock")
     fe, tcp = free_port(), free_port()
-    proc = start_haproxy(Path(tmp, "haproxy.cfg"), HAPROXY_CFG.format(
-        sock=sock, tcp=tcp, fe=fe, blue=servers[0][1], green=servers[1][1]))
+    # the loadbalancer role's configuration, with checks every 100 ms that flip at once
+    proc = start_haproxy(Path(tmp, "haproxy.cfg"), render_haproxy_cfg(
+        lb_port=fe, admin_port=free_port(), blue_port=servers[0][1], green_port=servers[1][1],
+        run_dir=tmp, state_dir=tmp, runtime_api_tcp_port=tcp,
+        loadbalancer_local_check_inter_ms=100, loadbalancer_local_check_fall=1,
+        loadbalancer_local_check_rise=1))
     try:
         wait_for_port(fe)
         s = Stack(blue, green, sock, tcp, fe,
@@ -202,15 +187,17 @@ def stack() -> Iterator[Stack]:
 # ------------------------------------------------------------------ running the module
 
 
-def run_module(args: dict[str, Any], *flags: str) -> dict[str, Any]:
-    """Run traffic_shift as Ansible does (ad-hoc, local connection); its result."""
+def run_module(args: dict[str, Any], *flags: str,
+               module: str = "canarychat.platform.traffic_shift") -> dict[str, Any]:
+    """Run traffic_shift (or another module of ours) as Ansible does (ad-hoc, local
+    connection); its result."""
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
                ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json",
                ANSIBLE_NOCOLOR="1")
     proc = subprocess.run(
         [str(VENV_BIN / "ansible"), "localhost", "-i", "localhost,", "-c", "local",
          "-e", f"ansible_python_interpreter={VENV_BIN / 'python'}",
-         "-m", "canarychat.platform.traffic_shift", "-a", json.dumps(args), *flags],
+         "-m", module, "-a", json.dumps(args), *flags],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
     try:
         out = json.loads(proc.stdout)

@@ -15,7 +15,12 @@ if _COLLECTIONS not in sys.path:
     sys.path.insert(0, _COLLECTIONS)
 
 from ansible_collections.canarychat.platform.plugins.module_utils import (  # noqa: E402
-    traffic_shift_core as core,
+    haproxy_runtime as runtime,
+)
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift import (  # noqa: E402
+    core,
+    elbv2,
+    haproxy,
 )
 
 T = core.Thresholds(min_healthy=1, max_error_rate=0.05, max_p95_ms=500)
@@ -182,51 +187,51 @@ SHOW_STAT = (
 
 
 def test_parse_show_stat_rows_by_backend_and_server() -> None:
-    rows = core.parse_show_stat(SHOW_STAT)
+    rows = runtime.parse_show_stat(SHOW_STAT)
     assert len(rows) == 4
-    green = core.stat_row(rows, "chat", "green")
+    green = runtime.stat_row(rows, "chat", "green")
     assert green is not None and green["status"] == "DOWN" and green["check_status"] == "L4CON"
-    assert core.stat_row(rows, "chat", "nope") is None
+    assert runtime.stat_row(rows, "chat", "nope") is None
     assert "-" not in green
 
 
 def test_parse_show_stat_rejects_other_answers() -> None:
     with pytest.raises(ValueError):
-        core.parse_show_stat("Unknown command.\n")
+        runtime.parse_show_stat("Unknown command.\n")
 
 
 def test_server_health_from_status() -> None:
     for status, healthy in [("UP", True), ("UP 1/3", True), ("no check", True),
                             ("DOWN", False), ("DOWN 1/2", False), ("MAINT", False),
                             ("DRAIN", False), ("NOLB", False)]:
-        assert core.server_is_healthy({"status": status}) is healthy, status
+        assert haproxy.server_is_healthy({"status": status}) is healthy, status
 
 
 def test_haproxy_5xx_rate_from_counter_deltas() -> None:
-    rows = core.parse_show_stat(SHOW_STAT)
-    before = core.stat_row(rows, "chat", "green")
+    rows = runtime.parse_show_stat(SHOW_STAT)
+    before = runtime.stat_row(rows, "chat", "green")
     assert before is not None
     after = dict(before, hrsp_2xx="35", hrsp_5xx="5")  # +18 2xx, +2 5xx
-    assert core.haproxy_5xx_rate(before, after) == pytest.approx(0.1)
-    assert core.haproxy_5xx_rate(before, before) is None
+    assert haproxy.haproxy_5xx_rate(before, after) == pytest.approx(0.1)
+    assert haproxy.haproxy_5xx_rate(before, before) is None
 
 
 def test_haproxy_5xx_rate_ignores_client_faults() -> None:
-    rows = core.parse_show_stat(SHOW_STAT)
-    before = core.stat_row(rows, "chat", "green")
+    rows = runtime.parse_show_stat(SHOW_STAT)
+    before = runtime.stat_row(rows, "chat", "green")
     assert before is not None
     four = int(before.get("hrsp_4xx") or 0)
     # +18 2xx, +2 5xx and +500 4xx (junk from the audience): still 2 of 20
     after = dict(before, hrsp_2xx="35", hrsp_5xx="5", hrsp_4xx=str(four + 500))
-    assert core.haproxy_5xx_rate(before, after) == pytest.approx(0.1)
+    assert haproxy.haproxy_5xx_rate(before, after) == pytest.approx(0.1)
     only_junk = dict(before, hrsp_4xx=str(four + 500))
-    assert core.haproxy_5xx_rate(before, only_junk) is None
+    assert haproxy.haproxy_5xx_rate(before, only_junk) is None
 
 
 def test_parse_get_weight() -> None:
-    assert core.parse_get_weight("10 (initial 90)\n") == 10
+    assert runtime.parse_get_weight("10 (initial 90)\n") == 10
     with pytest.raises(ValueError):
-        core.parse_get_weight("No such server.\n")
+        runtime.parse_get_weight("No such server.\n")
 
 
 # ------------------------------------------------------------------ ELBv2 listener actions
@@ -253,7 +258,7 @@ def weighted_actions() -> list[dict]:
 
 def test_rewrite_changes_only_the_two_weights() -> None:
     actions = weighted_actions()
-    new = core.rewrite_forward_weights(actions, {BLUE: 50, GREEN: 50})
+    new = elbv2.rewrite_forward_weights(actions, {BLUE: 50, GREEN: 50})
     assert new == [{
         "Type": "forward",
         "Order": 1,
@@ -269,63 +274,63 @@ def test_rewrite_changes_only_the_two_weights() -> None:
 
 def test_rewrite_of_a_plain_forward_becomes_a_weighted_forward_config() -> None:
     actions = [{"Type": "forward", "TargetGroupArn": BLUE, "Order": 1}]
-    new = core.rewrite_forward_weights(actions, {BLUE: 90, GREEN: 10})
+    new = elbv2.rewrite_forward_weights(actions, {BLUE: 90, GREEN: 10})
     assert new == [{"Type": "forward", "Order": 1, "ForwardConfig": {"TargetGroups": [
         {"TargetGroupArn": BLUE, "Weight": 90}, {"TargetGroupArn": GREEN, "Weight": 10}]}}]
-    assert core.forward_weights(actions, {"blue": BLUE, "green": GREEN}) == {"blue": 100,
+    assert elbv2.forward_weights(actions, {"blue": BLUE, "green": GREEN}) == {"blue": 100,
                                                                               "green": 0}
 
 
 def test_rewrite_keeps_the_other_default_actions() -> None:
     auth = {"Type": "authenticate-oidc", "Order": 1, "AuthenticateOidcConfig": {"Issuer": "x"}}
     actions = [auth, dict(weighted_actions()[0], Order=2)]
-    new = core.rewrite_forward_weights(actions, {BLUE: 0, GREEN: 100})
+    new = elbv2.rewrite_forward_weights(actions, {BLUE: 0, GREEN: 100})
     assert new[0] == auth
-    assert core.forward_weights(new, {"blue": BLUE, "green": GREEN}) == {"blue": 0,
+    assert elbv2.forward_weights(new, {"blue": BLUE, "green": GREEN}) == {"blue": 0,
                                                                           "green": 100}
 
 
 def test_rewrite_without_a_forward_action_is_refused() -> None:
     with pytest.raises(ValueError):
-        core.rewrite_forward_weights([{"Type": "fixed-response"}], {BLUE: 1})
+        elbv2.rewrite_forward_weights([{"Type": "fixed-response"}], {BLUE: 1})
 
 
 def test_cloudwatch_dimensions_come_from_the_arns() -> None:
-    assert core.target_group_dimension(GREEN) == "targetgroup/chat-green/bbb"
-    assert core.load_balancer_dimension(LISTENER) == "app/canary-chat/50dc6c495c0c9188"
+    assert elbv2.target_group_dimension(GREEN) == "targetgroup/chat-green/bbb"
+    assert elbv2.load_balancer_dimension(LISTENER) == "app/canary-chat/50dc6c495c0c9188"
     lb = "arn:aws:elasticloadbalancing:ap-northeast-2:1:loadbalancer/app/canary-chat/50dc"
-    assert core.load_balancer_dimension(lb) == "app/canary-chat/50dc"
+    assert elbv2.load_balancer_dimension(lb) == "app/canary-chat/50dc"
     with pytest.raises(ValueError):
-        core.load_balancer_dimension(GREEN)
+        elbv2.load_balancer_dimension(GREEN)
 
 
 def test_cloudwatch_no_data_is_no_reading_not_zero() -> None:
-    assert core.metric_sum([]) is None
-    assert core.share(None, None) is None
-    assert core.share(3.0, 0.0) is None
-    assert core.share(None, 100.0) == 0.0
-    assert core.share(30.0, 100.0) == 0.3
-    assert core.worst([]) is None
-    assert core.worst([0.2, 0.9, 0.1]) == 0.9
+    assert elbv2.metric_sum([]) is None
+    assert elbv2.share(None, None) is None
+    assert elbv2.share(3.0, 0.0) is None
+    assert elbv2.share(None, 100.0) == 0.0
+    assert elbv2.share(30.0, 100.0) == 0.3
+    assert elbv2.worst([]) is None
+    assert elbv2.worst([0.2, 0.9, 0.1]) == 0.9
 
 
 def test_period_start_rounds_down_like_cloudwatch() -> None:
     # GetMetricData rounds StartTime down (to the minute; to the 10-second division for a
     # period of 10) and stamps each datapoint with the start of its period.
-    assert core.period_start(1030.0, 60) == 1020.0
-    assert core.period_start(1033.5, 10) == 1030.0
-    assert core.period_start(1020.0, 60) == 1020.0
+    assert elbv2.period_start(1030.0, 60) == 1020.0
+    assert elbv2.period_start(1033.5, 10) == 1030.0
+    assert elbv2.period_start(1020.0, 60) == 1020.0
 
 
 def test_windows_start_at_apply_time_never_the_period_before() -> None:
     applied = 1033.5  # inside the period stamped 1030, which began before the weights moved
-    values, stamps = core.since_apply([1040.0, 1030.0, 1050.0, 1020.0],
+    values, stamps = elbv2.since_apply([1040.0, 1030.0, 1050.0, 1020.0],
                                       [2.0, 99.0, 3.0, 50.0], applied)
     assert stamps == [1040.0, 1050.0] and values == [2.0, 3.0]
     # a period starting exactly at the apply time counts
-    assert core.since_apply([1030.0], [7.0], 1030.0) == ([7.0], [1030.0])
-    assert core.since_apply([], [], applied) == ([], [])
-    assert core.since_apply([1040.0], [None], applied) == ([], [])
+    assert elbv2.since_apply([1030.0], [7.0], 1030.0) == ([7.0], [1030.0])
+    assert elbv2.since_apply([], [], applied) == ([], [])
+    assert elbv2.since_apply([1040.0], [None], applied) == ([], [])
 
 
 def test_sends_gate_no_data_is_a_breach_named_insufficient_data() -> None:
@@ -380,9 +385,9 @@ def test_weighted_rule_is_the_rule_forwarding_to_both_target_groups() -> None:
     only_blue = rule("r-blue", "5", [BLUE])
     both = rule("r-both", "10", [BLUE, GREEN])
     also_both = rule("r-later", "20", [GREEN, BLUE, OTHER])
-    assert core.weighted_rule([fixed_403, also_both, only_blue, both], arns)["RuleArn"] == \
+    assert elbv2.weighted_rule([fixed_403, also_both, only_blue, both], arns)["RuleArn"] == \
         "r-both"
     # no rule forwards to both: the weights are in the default action
-    assert core.weighted_rule([fixed_403, only_blue], arns) is None
-    assert core.weighted_rule([rule("r-def", "default", [BLUE, GREEN], default=True)],
+    assert elbv2.weighted_rule([fixed_403, only_blue], arns) is None
+    assert elbv2.weighted_rule([rule("r-def", "default", [BLUE, GREEN], default=True)],
                               arns) is None

@@ -15,11 +15,9 @@ _COLLECTIONS = str(Path(__file__).resolve().parents[2] / "collections")
 if _COLLECTIONS not in sys.path:
     sys.path.insert(0, _COLLECTIONS)
 
-from ansible_collections.canarychat.platform.plugins.module_utils import (  # noqa: E402
-    traffic_shift_core as core,
-)
-from ansible_collections.canarychat.platform.plugins.module_utils import (  # noqa: E402
-    traffic_shift_elbv2 as elbv2,
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift import (  # noqa: E402
+    core,
+    elbv2,
 )
 
 BLUE = "arn:aws:elasticloadbalancing:ap-northeast-2:123456789012:targetgroup/chat-blue/aaa"

@@ -15,11 +15,9 @@ _COLLECTIONS = str(Path(__file__).resolve().parents[2] / "collections")
 if _COLLECTIONS not in sys.path:
     sys.path.insert(0, _COLLECTIONS)
 
-from ansible_collections.canarychat.platform.plugins.module_utils import (  # noqa: E402
-    traffic_shift_core as core,
-)
-from ansible_collections.canarychat.platform.plugins.module_utils import (  # noqa: E402
-    traffic_shift_step as step,
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift import (  # noqa: E402
+    core,
+    step,
 )
 
 T = core.Thresholds(min_healthy=1, max_error_rate=0.05, max_p95_ms=500)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_core import (
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift.core import (
     bake_color,
     breach_message,
     breach_weights,

@@ -5,14 +5,13 @@
 
 Everything here takes plain values (texts already fetched, API responses already
 received) and returns plain values, so that unit tests call it directly and both drivers
-(haproxy, elbv2) share one definition of a weight, a gate reading and a breach.
+(haproxy, elbv2) share one definition of a weight, a gate reading and a breach. What
+only one driver reads (HAProxy's `show stat` rows, an ALB listener's actions and its
+CloudWatch dimensions) lives in that driver's module.
 """
 
 from __future__ import annotations
 
-import copy
-import csv
-import io
 import math
 import re
 from typing import Any
@@ -34,12 +33,19 @@ GATE_ALB_5XX = "alb_5xx"
 
 # --------------------------------------------------------------------------- weights
 
+# The allowed range of green's weight (a percentage), lowest and highest. The module checks
+# it here; the deploy role's input check reads the same pair through the
+# canarychat.platform.traffic_shift_range filter.
+WEIGHT_RANGE = (0, 100)
+
+
 def weights_for(green_percent):
-    """Green gets `green_percent` (0-100), blue the rest."""
+    """Green gets `green_percent` (WEIGHT_RANGE, a percentage), blue the rest."""
+    low, high = WEIGHT_RANGE
     green = int(green_percent)
-    if green < 0 or green > 100:
-        raise ValueError("weight must be between 0 and 100, got %r" % (green_percent,))
-    return {"blue": 100 - green, "green": green}
+    if green < low or green > high:
+        raise ValueError("weight must be between %d and %d, got %r" % (low, high, green_percent))
+    return {"blue": high - green, "green": green}
 
 
 def gaining_color(before, after):
@@ -309,215 +315,3 @@ def p95_ms(before, after):
     """p95 of the ack latency between two scrapes, in milliseconds (None: no sends)."""
     seconds = histogram_quantile(0.95, bucket_deltas(before["ack_buckets"], after["ack_buckets"]))
     return None if seconds is None else seconds * 1000.0
-
-
-# --------------------------------------------------------------------------- HAProxy
-
-HRSP_FIELDS = ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other")
-
-
-def parse_show_stat(text):
-    """Parse the CSV of the runtime API's `show stat` into a list of dicts."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines or not lines[0].startswith("# "):
-        raise ValueError("not a `show stat` answer: %r" % (text[:200],))
-    header = lines[0][2:]
-    rows = []
-    for row in csv.DictReader(io.StringIO("\n".join([header, *lines[1:]]))):
-        rows.append({k: v for k, v in row.items() if k and k != "-"})
-    return rows
-
-
-def stat_row(rows, backend, server):
-    for row in rows:
-        if row.get("pxname") == backend and row.get("svname") == server:
-            return row
-    return None
-
-
-def server_is_healthy(row):
-    """A server takes traffic when it is UP (also "UP 1/3", going down but still in) or
-    not health-checked at all; DOWN, MAINT, DRAIN and NOLB servers take no new traffic."""
-    status = (row.get("status") or "").strip()
-    return status == "UP" or status.startswith("UP ") or status == "no check"
-
-
-def _int(value):
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
-
-
-def server_responses(row):
-    """(5xx responses, responses that were not client faults) of one `show stat` row.
-
-    4xx answers are the client's fault: a hostile audience sending junk must not dilute
-    the rate, so they stay out of the denominator as they stay out of the numerator.
-    """
-    total = sum(_int(row.get(f)) for f in HRSP_FIELDS if f != "hrsp_4xx")
-    return _int(row.get("hrsp_5xx")), total
-
-
-def haproxy_5xx_rate(before_row, after_row):
-    """Share of a server's HTTP responses (4xx aside) that were 5xx between two reads."""
-    e0, t0 = server_responses(before_row)
-    e1, t1 = server_responses(after_row)
-    total = counter_delta(t0, t1)
-    if total <= 0:
-        return None
-    return counter_delta(e0, e1) / total
-
-
-def parse_get_weight(text):
-    """`get weight chat/green` answers "10 (initial 10)"."""
-    m = re.match(r"\s*(\d+)", text)
-    if not m:
-        raise ValueError("unexpected `get weight` answer: %r" % (text.strip(),))
-    return int(m.group(1))
-
-
-# --------------------------------------------------------------------------- ELBv2
-
-def forward_weights(actions, arns):
-    """Weights of the given target group ARNs in a listener's forward action.
-
-    `arns` maps color -> target group ARN; returns color -> weight: 0 for a color the
-    action does not forward to, 100 for the only target group of a plain forward."""
-    action = _forward_action(actions)
-    weights = {color: 0 for color in arns}
-    if action is None:
-        return weights
-    groups = (action.get("ForwardConfig") or {}).get("TargetGroups")
-    if groups:
-        for tg in groups:
-            for color, arn in arns.items():
-                if tg.get("TargetGroupArn") == arn:
-                    weights[color] = int(tg.get("Weight", 1))
-        return weights
-    for color, arn in arns.items():
-        if action.get("TargetGroupArn") == arn:
-            weights[color] = 100
-    return weights
-
-
-def _forward_action(actions):
-    forwards = [a for a in actions if a.get("Type") == "forward"]
-    return forwards[0] if forwards else None
-
-
-def rewrite_forward_weights(actions, weights_by_arn):
-    """A copy of a listener's default actions with only the weights of the forward
-    action changed to `weights_by_arn` (ARN -> weight).
-
-    Everything else is kept: other actions, Order, stickiness, other target groups of the
-    forward config and their weights. A plain `TargetGroupArn` forward becomes a
-    ForwardConfig (the action-level ARN is dropped: the API refuses both together when
-    they differ)."""
-    new = copy.deepcopy(list(actions))
-    action = _forward_action(new)
-    if action is None:
-        raise ValueError("the listener's default actions have no forward action")
-    config = action.setdefault("ForwardConfig", {})
-    groups = config.get("TargetGroups")
-    if not groups:
-        groups = []
-        if action.get("TargetGroupArn"):
-            groups.append({"TargetGroupArn": action["TargetGroupArn"], "Weight": 1})
-        config["TargetGroups"] = groups
-    present = set()
-    for tg in groups:
-        arn = tg.get("TargetGroupArn")
-        if arn in weights_by_arn:
-            tg["Weight"] = int(weights_by_arn[arn])
-            present.add(arn)
-    for arn, weight in weights_by_arn.items():
-        if arn not in present:
-            groups.append({"TargetGroupArn": arn, "Weight": int(weight)})
-    action.pop("TargetGroupArn", None)
-    return new
-
-
-def arn_resource(arn):
-    """The resource part of an ARN: arn:aws:elasticloadbalancing:r:a:<resource>."""
-    parts = arn.split(":", 5)
-    if len(parts) != 6:
-        raise ValueError("not an ARN: %r" % (arn,))
-    return parts[5]
-
-
-def target_group_dimension(tg_arn):
-    """CloudWatch `TargetGroup` dimension value: targetgroup/<name>/<id>."""
-    return arn_resource(tg_arn)
-
-
-def load_balancer_dimension(lb_or_listener_arn):
-    """CloudWatch `LoadBalancer` dimension value (app/<name>/<id>) from the load balancer's
-    ARN or one of its listeners' ARNs."""
-    resource = arn_resource(lb_or_listener_arn)
-    parts = resource.split("/")
-    kind, parts = parts[0], parts[1:]
-    if kind not in ("loadbalancer", "listener") or len(parts) < 3:
-        raise ValueError("not a load balancer or listener ARN: %r" % (lb_or_listener_arn,))
-    return "/".join(parts[:3])
-
-
-def metric_sum(values):
-    """Sum of CloudWatch datapoints, None when there are none (no data is not zero)."""
-    values = [v for v in values if v is not None]
-    return sum(values) if values else None
-
-
-def share(part, whole):
-    """part / whole, None when there is nothing to divide (no requests: no reading)."""
-    if whole is None or whole <= 0:
-        return None
-    return (part or 0.0) / whole
-
-
-def worst(values):
-    """The highest of per-period readings (a p95 over several periods: the worst one)."""
-    values = [v for v in values if v is not None]
-    return max(values) if values else None
-
-
-def weighted_rule(rules, arns):
-    """The listener rule (not the default one) whose forward action lists every target
-    group of `arns` (color -> ARN), or None: where the weights live when the listener
-    forwards through a rule (e.g. one matching a secret origin header) and answers
-    everything else with its default action."""
-    wanted = set(arns.values())
-    for rule in sorted(rules, key=_rule_priority):
-        if rule.get("IsDefault"):
-            continue
-        action = _forward_action(rule.get("Actions") or [])
-        if action is None:
-            continue
-        groups = (action.get("ForwardConfig") or {}).get("TargetGroups") or []
-        if wanted <= {tg.get("TargetGroupArn") for tg in groups}:
-            return rule
-    return None
-
-
-def _rule_priority(rule):
-    try:
-        return int(rule.get("Priority"))
-    except (TypeError, ValueError):
-        return 1 << 30
-
-
-def period_start(ts, period):
-    """The start of the CloudWatch period holding `ts` (epoch seconds): CloudWatch rounds
-    a query's StartTime down like this (to the minute, or to the 5/10/20/30-second
-    division of a minute for those periods) and stamps each datapoint with the start of
-    its period."""
-    return ts - (ts % period)
-
-
-def since_apply(timestamps, values, applied_at):
-    """The datapoints whose period starts at or after `applied_at` (epoch seconds): a
-    period that started before the weights moved mixes the old weights in, so it never
-    counts. Returns (values, timestamps), oldest first."""
-    points = sorted((t, values[i]) for i, t in enumerate(timestamps)
-                    if t >= applied_at and values[i] is not None)
-    return [point[1] for point in points], [point[0] for point in points]

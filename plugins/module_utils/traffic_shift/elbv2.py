@@ -22,28 +22,164 @@ call passes aws_retry=True; unit tests may pass plain boto3 clients with retry=F
 
 from __future__ import annotations
 
+import copy
 import datetime
 import time
 
-from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_core import (
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift.core import (
     GATE_ALARM,
     GATE_ALB_5XX,
     GATE_ERROR_RATE,
     GATE_HEALTHY,
     GATE_P95,
     GATE_SENDS,
-    forward_weights,
-    load_balancer_dimension,
     make_reading,
-    metric_sum,
-    period_start,
-    rewrite_forward_weights,
-    share,
-    since_apply,
-    target_group_dimension,
-    weighted_rule,
-    worst,
 )
+
+
+def forward_weights(actions, arns):
+    """Weights of the given target group ARNs in a listener's forward action.
+
+    `arns` maps color -> target group ARN; returns color -> weight: 0 for a color the
+    action does not forward to, 100 for the only target group of a plain forward."""
+    action = _forward_action(actions)
+    weights = {color: 0 for color in arns}
+    if action is None:
+        return weights
+    groups = (action.get("ForwardConfig") or {}).get("TargetGroups")
+    if groups:
+        for tg in groups:
+            for color, arn in arns.items():
+                if tg.get("TargetGroupArn") == arn:
+                    weights[color] = int(tg.get("Weight", 1))
+        return weights
+    for color, arn in arns.items():
+        if action.get("TargetGroupArn") == arn:
+            weights[color] = 100
+    return weights
+
+
+def _forward_action(actions):
+    forwards = [a for a in actions if a.get("Type") == "forward"]
+    return forwards[0] if forwards else None
+
+
+def rewrite_forward_weights(actions, weights_by_arn):
+    """A copy of a listener's default actions with only the weights of the forward
+    action changed to `weights_by_arn` (ARN -> weight).
+
+    Everything else is kept: other actions, Order, stickiness, other target groups of the
+    forward config and their weights. A plain `TargetGroupArn` forward becomes a
+    ForwardConfig (the action-level ARN is dropped: the API refuses both together when
+    they differ)."""
+    new = copy.deepcopy(list(actions))
+    action = _forward_action(new)
+    if action is None:
+        raise ValueError("the listener's default actions have no forward action")
+    config = action.setdefault("ForwardConfig", {})
+    groups = config.get("TargetGroups")
+    if not groups:
+        groups = []
+        if action.get("TargetGroupArn"):
+            groups.append({"TargetGroupArn": action["TargetGroupArn"], "Weight": 1})
+        config["TargetGroups"] = groups
+    present = set()
+    for tg in groups:
+        arn = tg.get("TargetGroupArn")
+        if arn in weights_by_arn:
+            tg["Weight"] = int(weights_by_arn[arn])
+            present.add(arn)
+    for arn, weight in weights_by_arn.items():
+        if arn not in present:
+            groups.append({"TargetGroupArn": arn, "Weight": int(weight)})
+    action.pop("TargetGroupArn", None)
+    return new
+
+
+def arn_resource(arn):
+    """The resource part of an ARN: arn:aws:elasticloadbalancing:r:a:<resource>."""
+    parts = arn.split(":", 5)
+    if len(parts) != 6:
+        raise ValueError("not an ARN: %r" % (arn,))
+    return parts[5]
+
+
+def target_group_dimension(tg_arn):
+    """CloudWatch `TargetGroup` dimension value: targetgroup/<name>/<id>."""
+    return arn_resource(tg_arn)
+
+
+def load_balancer_dimension(lb_or_listener_arn):
+    """CloudWatch `LoadBalancer` dimension value (app/<name>/<id>) from the load balancer's
+    ARN or one of its listeners' ARNs."""
+    resource = arn_resource(lb_or_listener_arn)
+    parts = resource.split("/")
+    kind, parts = parts[0], parts[1:]
+    if kind not in ("loadbalancer", "listener") or len(parts) < 3:
+        raise ValueError("not a load balancer or listener ARN: %r" % (lb_or_listener_arn,))
+    return "/".join(parts[:3])
+
+
+def metric_sum(values):
+    """Sum of CloudWatch datapoints, None when there are none (no data is not zero)."""
+    values = [v for v in values if v is not None]
+    return sum(values) if values else None
+
+
+def share(part, whole):
+    """part / whole, None when there is nothing to divide (no requests: no reading)."""
+    if whole is None or whole <= 0:
+        return None
+    return (part or 0.0) / whole
+
+
+def worst(values):
+    """The highest of per-period readings (a p95 over several periods: the worst one)."""
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def weighted_rule(rules, arns):
+    """The listener rule (not the default one) whose forward action lists every target
+    group of `arns` (color -> ARN), or None: where the weights live when the listener
+    forwards through a rule (e.g. one matching a secret origin header) and answers
+    everything else with its default action."""
+    wanted = set(arns.values())
+    for rule in sorted(rules, key=_rule_priority):
+        if rule.get("IsDefault"):
+            continue
+        action = _forward_action(rule.get("Actions") or [])
+        if action is None:
+            continue
+        groups = (action.get("ForwardConfig") or {}).get("TargetGroups") or []
+        if wanted <= {tg.get("TargetGroupArn") for tg in groups}:
+            return rule
+    return None
+
+
+def _rule_priority(rule):
+    try:
+        return int(rule.get("Priority"))
+    except (TypeError, ValueError):
+        return 1 << 30
+
+
+def period_start(ts, period):
+    """The start of the CloudWatch period holding `ts` (epoch seconds): CloudWatch rounds
+    a query's StartTime down like this (to the minute, or to the 5/10/20/30-second
+    division of a minute for those periods) and stamps each datapoint with the start of
+    its period."""
+    return ts - (ts % period)
+
+
+def since_apply(timestamps, values, applied_at):
+    """The datapoints whose period starts at or after `applied_at` (epoch seconds): a
+    period that started before the weights moved mixes the old weights in, so it never
+    counts. Returns (values, timestamps), oldest first."""
+    points = sorted((t, values[i]) for i, t in enumerate(timestamps)
+                    if t >= applied_at and values[i] is not None)
+    return [point[1] for point in points], [point[0] for point in points]
+
 
 ALB_NAMESPACE = "AWS/ApplicationELB"
 CHAT_NAMESPACE = "CanaryChat"

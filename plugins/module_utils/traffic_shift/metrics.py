@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from ansible.module_utils.urls import open_url
-from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_core import (
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift.core import (
     GATE_ERROR_RATE,
     GATE_P95,
     chat_counters,

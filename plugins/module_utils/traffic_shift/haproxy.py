@@ -1,74 +1,65 @@
 # -*- coding: utf-8 -*-
 # Copyright: canary-chat developers
 # Apache License 2.0 (see galaxy.yml)
-"""traffic_shift's haproxy driver: weights through HAProxy's runtime API (stats socket),
-gates from the chat's /metrics and from HAProxy's own per-server counters."""
+"""traffic_shift's haproxy driver: weights through HAProxy's runtime API (stats socket,
+the client in module_utils/haproxy_runtime.py), gates from the chat's /metrics and from
+HAProxy's own per-server counters (`show stat` rows)."""
 
 from __future__ import annotations
 
-import socket
 import time
 
-from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_core import (
+from ansible_collections.canarychat.platform.plugins.module_utils.haproxy_runtime import (
+    RuntimeAPIError,
+    parse_show_stat,
+    stat_row,
+)
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift.core import (
     GATE_ERROR_RATE,
     GATE_HEALTHY,
     GATE_SENDS,
-    haproxy_5xx_rate,
+    counter_delta,
     make_reading,
-    parse_get_weight,
-    parse_show_stat,
-    server_is_healthy,
-    stat_row,
 )
-from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift_metrics import (
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift.metrics import (
     ChatMetrics,
 )
 
-
-class RuntimeAPIError(Exception):
-    pass
+HRSP_FIELDS = ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other")
 
 
-class RuntimeAPI(object):
-    """A minimal client of HAProxy's runtime API: one command line per connection
-    (commands separated by ';' run in order on that connection)."""
+def server_is_healthy(row):
+    """A server takes traffic when it is UP (also "UP 1/3", going down but still in) or
+    not health-checked at all; DOWN, MAINT, DRAIN and NOLB servers take no new traffic."""
+    status = (row.get("status") or "").strip()
+    return status == "UP" or status.startswith("UP ") or status == "no check"
 
-    def __init__(self, address, timeout=5.0):
-        self.address = address
-        self.timeout = timeout
 
-    def _connect(self):
-        if "/" in self.address or ":" not in self.address:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            target = self.address
-        else:
-            host, port = self.address.rsplit(":", 1)
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            target = (host.strip("[]") or "127.0.0.1", int(port))
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(target)
-        except OSError as e:
-            sock.close()
-            raise RuntimeAPIError("cannot connect to the HAProxy runtime API at %s: %s"
-                                  % (self.address, e)) from e
-        return sock
+def _int(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
-    def run(self, command):
-        sock = self._connect()
-        try:
-            sock.sendall(command.encode("utf-8") + b"\n")
-            chunks = []
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        except OSError as e:
-            raise RuntimeAPIError("HAProxy runtime API %s: %s" % (self.address, e)) from e
-        finally:
-            sock.close()
-        return b"".join(chunks).decode("utf-8", "replace")
+
+def server_responses(row):
+    """(5xx responses, responses that were not client faults) of one `show stat` row.
+
+    4xx answers are the client's fault: a hostile audience sending junk must not dilute
+    the rate, so they stay out of the denominator as they stay out of the numerator.
+    """
+    total = sum(_int(row.get(f)) for f in HRSP_FIELDS if f != "hrsp_4xx")
+    return _int(row.get("hrsp_5xx")), total
+
+
+def haproxy_5xx_rate(before_row, after_row):
+    """Share of a server's HTTP responses (4xx aside) that were 5xx between two reads."""
+    e0, t0 = server_responses(before_row)
+    e1, t1 = server_responses(after_row)
+    total = counter_delta(t0, t1)
+    if total <= 0:
+        return None
+    return counter_delta(e0, e1) / total
 
 
 class HAProxyDriver(object):
@@ -82,21 +73,9 @@ class HAProxyDriver(object):
 
     # ---- weights
     def read_weights(self):
-        cmd = ";".join("get weight %s/%s" % (self.backend, self.servers[c])
-                       for c in ("blue", "green"))
-        out = self.api.run(cmd)
-        parts = [p for p in out.split("\n") if p.strip()]
-        if len(parts) != 2:
-            raise RuntimeAPIError("unexpected answer to %r: %r" % (cmd, out.strip()))
-        weights = {}
-        for i, color in enumerate(("blue", "green")):
-            answer = parts[i]
-            try:
-                weights[color] = parse_get_weight(answer)
-            except ValueError:
-                raise RuntimeAPIError("HAProxy cannot read the weight of %s/%s: %s" % (
-                    self.backend, self.servers[color], answer.strip())) from None
-        return weights
+        colors = ("blue", "green")
+        values = self.api.get_weights(["%s/%s" % (self.backend, self.servers[c]) for c in colors])
+        return dict(zip(colors, values))  # noqa: B905 - get_weights answers one per server
 
     def apply_weights(self, weights):
         # The color losing weight first: a rollback stops new connections to green at once.
