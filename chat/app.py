@@ -27,7 +27,7 @@ from sanic.response import HTTPResponse, file, text
 from sanic.response import json as json_response
 from websockets.exceptions import ConnectionClosed
 
-from . import adminauth, gate, protocol, wsfix, wslean
+from . import adminauth, gate, protocol
 from .bus import BusErrors, RoomBus
 from .cloudwatch import Publisher
 from .config import Config
@@ -38,11 +38,11 @@ from .rooms import Client, Rooms
 from .stats import BoardStats, aggregate
 from .store import MessageStore, StoreUnavailable
 from .targetwatch import TargetWatcher
-from .wslean import LeanWebsocket, Pinger
+from .ws import LeanWebsocket, Pinger
+from .ws import install as install_lean_websockets
 
 log = logging.getLogger("chat")
 _app_ids = itertools.count(1)
-wslean.install()  # frames to a callback, one pinger per process (chat/wslean.py)
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -212,6 +212,7 @@ def _problem(status: int, message: str, **extra: Any) -> HTTPResponse:
 
 
 def create_app(config: Config) -> Sanic:
+    install_lean_websockets()  # Sanic's handshake makes chat.ws.LeanWebsocket connections
     app = Sanic(f"canary_chat_{next(_app_ids)}", configure_logging=False,
                 request_class=gate.LenientRequest)
     # Enabling WebSockets ourselves keeps Sanic from registering its own before_server_stop
@@ -299,7 +300,6 @@ def create_app(config: Config) -> Sanic:
 
     @app.before_server_start
     async def _start(app: Sanic) -> None:
-        wsfix.quiet_orphaned_frames(asyncio.get_running_loop())
         await store.start()
         await bus.start()
         background.append(asyncio.create_task(stats_loop(), name="stats"))
@@ -550,7 +550,7 @@ def create_app(config: Config) -> Sanic:
     # --- WebSocket ---
 
     @app.websocket("/ws")
-    async def ws_handler(request: Request, ws: Any) -> None:
+    async def ws_handler(request: Request, ws: LeanWebsocket) -> None:
         await serve_client(app, request, ws)
 
     # --- static site ---
@@ -567,7 +567,7 @@ def create_app(config: Config) -> Sanic:
     return app
 
 
-async def serve_client(app: Sanic, request: Request, ws: Any) -> None:
+async def serve_client(app: Sanic, request: Request, ws: LeanWebsocket) -> None:
     """One WebSocket from handshake to close (see docs/protocol.md)."""
     ctx = app.ctx
     config: Config = ctx.config
@@ -778,28 +778,14 @@ class _Reader:
                     await sender
 
 
-async def _read_loop(app: Sanic, ws: Any, client: Client) -> None:
+async def _read_loop(app: Sanic, ws: LeanWebsocket, client: Client) -> None:
     reader = _Reader(app, client)
-    if isinstance(ws, LeanWebsocket):
-        ws.consume(reader.on_message)
-        try:
-            await ws.wait_closed()
-        finally:
-            ws.on_message = _ignore
-            await reader.finish()
-        return
-    try:  # any other WebSocket object (Sanic's own, a stand-in): read frame by frame
-        while not client.closed:
-            data = await ws.recv()
-            if data is None:
-                break
-            reader.on_message(data)
+    ws.consume(reader.on_message)
+    try:
+        await ws.wait_closed()
     finally:
+        ws.stop_consuming()
         await reader.finish()
-
-
-def _ignore(data: str | bytes) -> None:
-    """Frames after the handler stopped (a migrated or failed client still sending)."""
 
 
 async def _handle_send(app: Sanic, client: Client, frame: protocol.SendFrame,

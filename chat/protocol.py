@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -221,22 +220,6 @@ def history_frame(messages: list[dict[str, Any]], more: bool = False) -> str:
 def presence_frame(by_color: Mapping[str, int]) -> str:
     return encode({"type": "presence", "online": sum(by_color.values()),
                    "by_color": dict(sorted(by_color.items()))})
-
-
-def ws_text_frame(text: str) -> bytes:
-    """One unmasked, unfragmented WebSocket text frame (server to client, RFC 6455 5.2).
-
-    Built once per message and written as is to every recipient's transport. No extension
-    is ever negotiated with our clients (no permessage-deflate), so the bytes are the same
-    for all of them.
-    """
-    payload = text.encode()
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
 MIGRATE_FRAME = encode({"type": "migrate"})
