@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from .message import message
+
 MAX_TEXT = 2000  # characters of message text
 MAX_FRAME = 16 * 1024  # bytes; larger frames close the connection with 1009
 MAX_CLIENT_ID = 64
@@ -193,10 +195,7 @@ def encode(frame: Mapping[str, Any]) -> str:
     return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
 
 
-def message_frame(*, room: str, seq: int, user_id: int, name: str, text: str, ts: int,
-                  color: str) -> dict[str, Any]:
-    return {"type": "message", "room": room, "seq": seq, "user_id": user_id, "name": name,
-            "text": text, "ts": ts, "color": color}
+message_frame = message  # the `message` frame is the stored record (chat/message.py)
 
 
 def error_frame(code: ErrorCode, message: str) -> str:

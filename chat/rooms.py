@@ -24,8 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 from . import protocol
+from .message import Message
 from .metrics import Metrics
-from .store import MessageStore, StoreUnavailable, item_to_message
+from .store import MessageStore, StoreUnavailable
 from .ws import Transport, text_frame
 
 log = logging.getLogger("chat.rooms")
@@ -322,15 +323,14 @@ class Room:
         """Read what the bus may have missed (after a Redis outage) from the store."""
         if self.next_seq is None:
             return
-        items = await self.rooms.store.query(self.name, since=self.next_seq - 1, limit=500)
-        for it in items:
-            msg = item_to_message(it)
-            seq = int(it["seq"]["N"])
+        entries = await self.rooms.store.entries(self.name, since=self.next_seq - 1,
+                                                 limit=500)
+        for seq, msg in entries:
             self.offer(seq, protocol.encode(msg) if msg else None, msg["ts"] if msg else 0)
 
     # --- joining ---
 
-    async def history(self, since: int | None) -> tuple[list[dict[str, Any]], int, bool]:
+    async def history(self, since: int | None) -> tuple[list[Message], int, bool]:
         """History for a joining client: (messages, last seq covered, more after that).
 
         The client is in the room (its live frames buffered) before this reads the store,
@@ -346,12 +346,12 @@ class Room:
         """
         limit = protocol.HISTORY_SINCE_MAX if since is not None else protocol.HISTORY_DEFAULT
         passed = self.next_seq  # every number below it was delivered or skipped here
-        items = await self.rooms.store.query(self.name, since=since, limit=limit)
-        seqs = [int(it["seq"]["N"]) for it in items]
+        entries = await self.rooms.store.entries(self.name, since=since, limit=limit)
+        seqs = [seq for seq, _ in entries]
         if not seqs:
             return [], since or 0, False
         low = since + 1 if since is not None else seqs[0]
-        messages = [m for m in (item_to_message(it) for it in items) if m is not None]
+        messages = [m for _, m in entries if m is not None]
         end = seqs[-1]
         if len(seqs) != seqs[-1] - low + 1:
             have = set(seqs)
@@ -366,7 +366,7 @@ class Room:
                     messages.append(msg)
             messages = sorted((m for m in messages if int(m["seq"]) <= end),
                               key=lambda m: int(m["seq"]))
-        more = since is not None and end == seqs[-1] and len(items) >= limit
+        more = since is not None and end == seqs[-1] and len(entries) >= limit
         return messages, end, more
 
     async def ensure_initialised(self) -> None:
@@ -442,6 +442,8 @@ class Rooms:
         return [c for r in self.rooms.values() for c in r.clients]
 
     def on_bus_message(self, room_name: str, frame: str) -> None:
+        """Another instance's message frame from Redis: parsed once, for its seq and ts
+        (rooms nobody here is in skip even that); the frame text is delivered as is."""
         room = self.rooms.get(room_name)
         if room is None:
             return
