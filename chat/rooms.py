@@ -441,6 +441,12 @@ class Rooms:
     def clients(self) -> list[Client]:
         return [c for r in self.rooms.values() for c in r.clients]
 
+    def deliver(self, room_name: str, seq: int, frame: str, ts: int) -> None:
+        """A message of this instance's send path (`chat.sends`), encoded once."""
+        room = self.rooms.get(room_name)
+        if room is not None:
+            room.offer(seq, frame, ts)
+
     def on_bus_message(self, room_name: str, frame: str) -> None:
         """Another instance's message frame from Redis: parsed once, for its seq and ts
         (rooms nobody here is in skip even that); the frame text is delivered as is."""
