@@ -15,9 +15,7 @@ import itertools
 import json
 import logging
 import random
-import socket
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -25,24 +23,25 @@ from urllib.parse import unquote, urlsplit
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, file, text
 from sanic.response import json as json_response
-from websockets.exceptions import ConnectionClosed
 
-from . import adminauth, gate, protocol, wsfix, wslean
+from . import adminauth, gate, protocol
 from .bus import BusErrors, RoomBus
 from .cloudwatch import Publisher
 from .config import Config
+from .connection import Connections
+from .drain import Drainer
 from .lbweights import HaproxyStatsSource, ListenerSource, WeightsPoller, WeightsSource
 from .metrics import Metrics
-from .protocol import ErrorCode, ProtocolError
-from .rooms import Client, Rooms
+from .rooms import Rooms
+from .sends import SendPath
 from .stats import BoardStats, aggregate
 from .store import MessageStore, StoreUnavailable
 from .targetwatch import TargetWatcher
-from .wslean import LeanWebsocket, Pinger
+from .ws import LeanWebsocket, Pinger
+from .ws import install as install_lean_websockets
 
 log = logging.getLogger("chat")
 _app_ids = itertools.count(1)
-wslean.install()  # frames to a callback, one pinger per process (chat/wslean.py)
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -56,146 +55,6 @@ SECURITY_HEADERS = {
 
 
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
-
-
-class TokenBucket:
-    """`rate` frames per second sustained, `burst` at once."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, float(burst)
-        self.tokens = float(burst)
-        self.at = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
-class Strikes:
-    """More than `limit` strikes within `window` seconds: out. limit 0: never."""
-
-    __slots__ = ("at", "limit", "window")
-
-    def __init__(self, limit: int, window: float) -> None:
-        self.limit, self.window = limit, window
-        self.at: deque[float] = deque(maxlen=limit + 1)
-
-    def strike(self) -> bool:
-        if self.limit <= 0:
-            return False
-        now = time.monotonic()
-        self.at.append(now)
-        return len(self.at) > self.limit and now - self.at[0] <= self.window
-
-
-class Drainer:
-    """Turns the instance not-ready and moves its clients away (migrate, then 1012).
-
-    A join still in flight when the drain starts (handshake done, not yet live) must not
-    get `migrate` before its `history`, nor be cut by the shutdown: `joining` counts such
-    joins, the drain waits for them (bounded by JOIN_GRACE_SECONDS after the window), and
-    `admit()` tells each one to migrate as soon as it is live, closing it with 1012 if the
-    drain is already closing.
-    """
-
-    JOIN_GRACE_SECONDS = 5.0  # after the window, how long joins in flight may still land
-
-    def __init__(self, config: Config, rooms: Rooms, metrics: Metrics) -> None:
-        self.config, self.rooms, self.metrics = config, rooms, metrics
-        self.draining = False
-        self.closing = False  # the window is over: the rest are being closed with 1012
-        self.joining = 0  # WebSocket joins between handshake and live
-        self.reason = ""
-        self.task: asyncio.Task[None] | None = None
-        self._late: set[asyncio.Task[None]] = set()
-
-    def admit(self, client: Client) -> None:
-        """A client that went live while the instance drains: migrate it now."""
-        if not self.draining or client.closed:
-            return
-        if not client.migrated:
-            client.migrated = True
-            client.offer(protocol.MIGRATE_FRAME)
-        if self.closing:
-            task = asyncio.create_task(client.close(protocol.CLOSE_GOING_AWAY,
-                                                    "service restart"))
-            self._late.add(task)
-            task.add_done_callback(self._late.discard)
-
-    def start(self, reason: str) -> None:
-        if self.draining:
-            if reason == "shutdown":
-                self.reason = reason  # an admin drain in progress now ends in an exit
-            return
-        self.reason = reason
-        self.draining = True
-        self.closing = False
-        self.metrics.draining.set(1)
-        log.info("drain_start", extra={"event": "drain_start", "reason": reason,
-                                       "clients": len(self.rooms.clients()),
-                                       "joining": self.joining,
-                                       "window_s": self.config.drain_seconds})
-        self.task = asyncio.create_task(self._run(), name="drain")
-
-    def stop(self) -> None:
-        if not self.draining or self.reason == "shutdown":
-            return  # nothing to undo, or the process is exiting anyway
-        self.draining = False
-        self.metrics.draining.set(0)
-        if self.task:
-            self.task.cancel()
-        for client in self.rooms.clients():
-            client.migrated = False  # a later drain asks them again
-        log.info("drain_cancelled", extra={"event": "undrain"})
-
-    async def wait(self) -> None:
-        if self.task:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-
-    async def _run(self) -> None:
-        window = max(0.0, self.config.drain_seconds)
-        start = time.monotonic()
-        clients = self.rooms.clients()
-        # Migrate spread with jitter over the first 80% of the window; the rest is for
-        # the clients' new connections to settle before the 1012s.
-        plan = sorted((random.uniform(0, window * 0.8), i) for i in range(len(clients)))
-        for at, i in plan:
-            delay = start + at - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            client = clients[i]
-            # a client still joining (no history yet) is asked by admit() once live
-            if not client.closed and not client.migrated and client.buffer is None:
-                client.migrated = True
-                client.offer(protocol.MIGRATE_FRAME)
-        while (time.monotonic() - start < window  # noqa: ASYNC110
-               and (self.rooms.clients() or self.joining)):
-            await asyncio.sleep(0.05)  # clients leave on their own; poll cheaply
-        self.closing = True
-        rest = [c for c in self.rooms.clients() if c.buffer is None]  # joining: admit()
-        for client in rest:
-            if not client.migrated:
-                client.migrated = True
-                client.offer(protocol.MIGRATE_FRAME)
-        await asyncio.gather(*(c.close(protocol.CLOSE_GOING_AWAY, "service restart")
-                               for c in rest), return_exceptions=True)
-        # Joins still in flight go live (admit: migrate, 1012) or fail; wait for them,
-        # bounded, so a SIGTERM's shutdown does not close them with 1001 half-way.
-        grace = time.monotonic() + self.JOIN_GRACE_SECONDS
-        while self.joining and time.monotonic() < grace:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-        late = len(self._late)
-        if self._late:
-            await asyncio.gather(*self._late, return_exceptions=True)
-        log.info("drain_done", extra={"event": "drain_done", "closed_1012": len(rest),
-                                      "joins_closed_1012": late, "joining": self.joining,
-                                      "seconds": round(time.monotonic() - start, 2)})
 
 
 def _origin_allowed(config: Config, request: Request) -> bool:
@@ -212,6 +71,7 @@ def _problem(status: int, message: str, **extra: Any) -> HTTPResponse:
 
 
 def create_app(config: Config) -> Sanic:
+    install_lean_websockets()  # Sanic's handshake makes chat.ws.LeanWebsocket connections
     app = Sanic(f"canary_chat_{next(_app_ids)}", configure_logging=False,
                 request_class=gate.LenientRequest)
     # Enabling WebSockets ourselves keeps Sanic from registering its own before_server_stop
@@ -282,6 +142,14 @@ def create_app(config: Config) -> Sanic:
     bus = RoomBus(config, on_message=rooms.on_bus_message, on_presence=rooms.on_presence,
                   on_control=on_control, on_reconnect=on_reconnect)
     app.ctx.bus = bus
+    # the send path (chat/sends.py) and the connections' life (chat/connection.py)
+    sends = SendPath(config, store=store, rooms=rooms, bus=bus, metrics=metrics,
+                     board=board, cloudwatch=cloudwatch)
+    connections = Connections(config, store=store, bus=bus, rooms=rooms, drainer=drainer,
+                              sends=sends, metrics=metrics, board=board,
+                              cloudwatch=cloudwatch)
+    app.ctx.sends = sends
+    app.ctx.connections = connections
     background: list[asyncio.Task[None]] = []
 
     async def stats_loop() -> None:
@@ -299,7 +167,6 @@ def create_app(config: Config) -> Sanic:
 
     @app.before_server_start
     async def _start(app: Sanic) -> None:
-        wsfix.quiet_orphaned_frames(asyncio.get_running_loop())
         await store.start()
         await bus.start()
         background.append(asyncio.create_task(stats_loop(), name="stats"))
@@ -326,8 +193,7 @@ def create_app(config: Config) -> Sanic:
         pinger.stop()
         for t in background:
             t.cancel()
-        if _background:  # the last connections' cleanups still need Redis and DynamoDB
-            await asyncio.wait(list(_background), timeout=STOP_CLEANUP_SECONDS)
+        await connections.wait_cleanups()
         await cloudwatch.stop()  # the last partial interval, closes included
         await lb_weights.stop()
         await bus.close()
@@ -550,8 +416,8 @@ def create_app(config: Config) -> Sanic:
     # --- WebSocket ---
 
     @app.websocket("/ws")
-    async def ws_handler(request: Request, ws: Any) -> None:
-        await serve_client(app, request, ws)
+    async def ws_handler(request: Request, ws: LeanWebsocket) -> None:
+        await connections.serve(request, ws, request.ctx.join)
 
     # --- static site ---
 
@@ -565,281 +431,3 @@ def create_app(config: Config) -> Sanic:
         app.static("/", str(site), index="index.html", name="site")
 
     return app
-
-
-async def serve_client(app: Sanic, request: Request, ws: Any) -> None:
-    """One WebSocket from handshake to close (see docs/protocol.md)."""
-    ctx = app.ctx
-    config: Config = ctx.config
-    metrics: Metrics = ctx.metrics
-    store: MessageStore = ctx.store
-    bus: RoomBus = ctx.bus
-    rooms: Rooms = ctx.rooms
-    join: protocol.JoinQuery = request.ctx.join
-    metrics.handshakes.inc()
-    metrics.connections.inc()
-    ctx.board.handshake()
-    if config.socket_sndbuf > 0:
-        # A fixed kernel buffer bounds each connection's memory and lets a client that
-        # stops reading show up as a stuck send (-> 1013) instead of megabytes of buffer.
-        sock = request.transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.socket_sndbuf)
-    client: Client | None = None
-    record: asyncio.Future[str] | None = None  # the connection record's put, once started
-    live = False
-    drainer: Drainer = ctx.drainer
-    drainer.joining += 1
-    joining = True
-    try:
-        try:
-            user_id = await store.next_user_id()
-            latest = await store.latest_seq(join.room)
-        except StoreUnavailable as e:
-            log.warning("join_unavailable", extra={"event": "join_unavailable",
-                                                   "error": str(e)})
-            metrics.errors.inc(ErrorCode.UNAVAILABLE.value)
-            await ws.send(protocol.error_frame(ErrorCode.UNAVAILABLE, "storage unavailable"))
-            await ws.close(protocol.CLOSE_TRY_LATER, "storage unavailable")
-            return
-        client = Client(ws, user_id=user_id, name=join.name, room=join.room,
-                        queue_size=config.send_queue, metrics=metrics,
-                        slow_seconds=config.slow_seconds)
-        room = rooms.join(client)
-        client.start()
-        client.offer(protocol.welcome_frame(
-            user_id=user_id, name=join.name, room=join.room, color=config.color,
-            version=config.version, server=config.instance_id, seq=latest))
-        try:
-            await room.ensure_initialised()
-            history, last, more = await room.history(join.since)
-        except StoreUnavailable:
-            metrics.errors.inc(ErrorCode.UNAVAILABLE.value)
-            client.offer(protocol.error_frame(ErrorCode.UNAVAILABLE, "storage unavailable"))
-            await client.close(protocol.CLOSE_TRY_LATER, "storage unavailable")
-            return
-        client.offer(protocol.history_frame(history, more))
-        n_history = len(history)
-        # This frame lives as long as the connection: do not keep up to 1,000 messages in it.
-        del history
-        room.go_live(client, last)
-        live = True
-        drainer.joining -= 1
-        joining = False
-        drainer.admit(client)  # a drain that started while this join was in flight
-        log.info("ws_open", extra={"event": "ws_open", "user_id": user_id, "room": join.room,
-                                   "since": join.since, "history": n_history})
-        _spawn(_announce(bus, client))  # Redis may be slow or down: never hold the join
-        # Shielded: a client gone half-way cancels this handler, and a put cancelled while
-        # in flight may still land; the cleanup waits for it and deletes what it wrote.
-        record = asyncio.ensure_future(store.add_connection(
-            user_id=user_id, room=join.room, instance=config.instance_id,
-            color=config.color, version=config.version))
-        with contextlib.suppress(StoreUnavailable):
-            await asyncio.shield(record)
-        await _read_loop(app, ws, client)
-    except (ConnectionClosed, asyncio.CancelledError):
-        pass
-    finally:
-        if joining:
-            drainer.joining -= 1
-        metrics.connections.inc(-1)
-        ctx.cloudwatch.closed(ws, client.migrated if client is not None else False)
-        if client is not None:
-            rooms.leave(client)
-            await client.stop()
-            log.info("ws_close", extra={"event": "ws_close", "user_id": client.user_id,
-                                        "room": client.room, "code": client.close_code,
-                                        "migrated": client.migrated})
-            _spawn(_cleanup(bus, store, client.room if live else None, record))
-
-
-_background: set[asyncio.Task[None]] = set()
-
-
-def _spawn(coro: Any) -> None:
-    task = asyncio.create_task(coro)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-async def _announce(bus: RoomBus, client: Client) -> None:
-    await bus.presence_changed(client.room, +1)
-    client.offer(protocol.presence_frame(await bus.presence(client.room)))
-
-
-async def _cleanup(bus: RoomBus, store: MessageStore, room: str | None,
-                   record: asyncio.Future[str] | None) -> None:
-    if room is not None:
-        await bus.presence_changed(room, -1)
-    if record is None:
-        return
-    try:
-        connection_id = await record
-    except StoreUnavailable as e:
-        log.warning("connection_record_failed", extra={"event": "connection_record_failed",
-                                                       "error": str(e)})
-        return
-    with contextlib.suppress(StoreUnavailable):
-        await store.remove_connection(connection_id)
-
-
-STOP_CLEANUP_SECONDS = 3.0  # at shutdown, how long closed connections' cleanups may take
-SENDS_WAITING_MAX = 32  # sends of one connection waiting for storage; more: `unavailable`
-SENDS_DRAIN_SECONDS = 10.0  # after the peer left, how long its last sends may still take
-
-
-class _Reader:
-    """A connection's incoming frames, handled as they arrive (`LeanWebsocket.consume`).
-
-    Everything here is synchronous except storing a send: sends are stored one after
-    another by a task that exists only while sends wait, so frames keep being read while
-    storage is slow (a reader stuck on DynamoDB would leave the client's later frames
-    unread and its pongs behind them: close 1011). At most SENDS_WAITING_MAX sends wait;
-    more are answered `unavailable`.
-    """
-
-    __slots__ = ("app", "bucket", "client", "config", "metrics", "sender", "sends", "strikes",
-                 "struck")
-
-    def __init__(self, app: Sanic, client: Client) -> None:
-        self.app = app
-        self.client = client
-        self.config: Config = app.ctx.config
-        self.metrics: Metrics = app.ctx.metrics
-        self.bucket = TokenBucket(self.config.rate_per_s, self.config.rate_burst)
-        self.strikes = Strikes(self.config.rate_strikes, self.config.rate_strike_window)
-        self.struck = False  # closing for repeated rate-limit violations
-        self.sends: deque[protocol.SendFrame] | None = None  # only while sends wait
-        self.sender: asyncio.Task[None] | None = None
-
-    def error(self, code: ErrorCode, message: str) -> None:
-        self.metrics.errors.inc(code.value)
-        self.client.offer(protocol.error_frame(code, message))
-
-    def on_message(self, data: str | bytes) -> None:
-        client = self.client
-        if client.closed or self.struck:
-            return
-        if not self.bucket.take():
-            if self.strikes.strike():
-                self.struck = True
-                log.info("ws_rate_strikes", extra={"event": "ws_rate_strikes",
-                                                   "user_id": client.user_id})
-                _spawn(client.close(protocol.CLOSE_POLICY, "rate limit exceeded repeatedly"))
-                return
-            self.error(ErrorCode.RATE_LIMITED, f"more than {self.config.rate_per_s:g} "
-                                               f"frames/s (burst {self.config.rate_burst})")
-            return
-        try:
-            frame = protocol.parse_client_frame(data)
-        except ProtocolError as e:
-            self.error(e.code, e.message)
-            return
-        if isinstance(frame, protocol.PingFrame):
-            client.offer(protocol.PONG_FRAME)
-            return
-        if self.sends is None:
-            self.sends = deque()
-        if len(self.sends) >= SENDS_WAITING_MAX:
-            self.app.ctx.cloudwatch.send_error()
-            self.error(ErrorCode.UNAVAILABLE,
-                       "too many sends waiting for storage; retry with the same client_id")
-            return
-        self.sends.append(frame)
-        if self.sender is None:
-            self.sender = asyncio.create_task(self._store_sends(),
-                                              name=f"sends-{client.user_id}")
-
-    async def _store_sends(self) -> None:
-        sends = self.sends
-        try:
-            while sends and not self.client.closed:
-                await _handle_send(self.app, self.client, sends[0], self.error)
-                sends.popleft()
-        finally:
-            self.sender = None
-            if self.sends is sends and not sends:
-                self.sends = None
-
-    async def finish(self) -> None:
-        """The peer is gone: finish what it sent (a retry finds it by client_id)."""
-        sender = self.sender
-        if sender is None:
-            return
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(sender), SENDS_DRAIN_SECONDS)
-        finally:
-            if not sender.done():
-                sender.cancel()  # a send stopped half-way voids its number (store.append)
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await sender
-
-
-async def _read_loop(app: Sanic, ws: Any, client: Client) -> None:
-    reader = _Reader(app, client)
-    if isinstance(ws, LeanWebsocket):
-        ws.consume(reader.on_message)
-        try:
-            await ws.wait_closed()
-        finally:
-            ws.on_message = _ignore
-            await reader.finish()
-        return
-    try:  # any other WebSocket object (Sanic's own, a stand-in): read frame by frame
-        while not client.closed:
-            data = await ws.recv()
-            if data is None:
-                break
-            reader.on_message(data)
-    finally:
-        await reader.finish()
-
-
-def _ignore(data: str | bytes) -> None:
-    """Frames after the handler stopped (a migrated or failed client still sending)."""
-
-
-async def _handle_send(app: Sanic, client: Client, frame: protocol.SendFrame,
-                       error: Any) -> None:
-    ctx = app.ctx
-    config: Config = ctx.config
-    metrics: Metrics = ctx.metrics
-    received = time.monotonic()
-    if config.fault_rate and random.random() < config.fault_rate:
-        metrics.sends.inc("error")
-        ctx.board.failure()
-        ctx.cloudwatch.send_error()
-        error(ErrorCode.UNAVAILABLE, "injected fault (CHAT_FAULT_RATE); retry")
-        return
-    try:
-        t0 = time.monotonic()
-        result = await ctx.store.append(room=client.room, user_id=client.user_id,
-                                        name=client.name, text=frame.text,
-                                        client_id=frame.client_id, color=config.color)
-        metrics.store_latency.observe(time.monotonic() - t0)
-    except StoreUnavailable as e:
-        log.warning("store_failed", extra={"event": "store_failed", "error": str(e)})
-        metrics.sends.inc("error")
-        ctx.board.failure()
-        ctx.cloudwatch.send_error()
-        error(ErrorCode.UNAVAILABLE, "storage unavailable; retry with the same client_id")
-        return
-    client.offer(protocol.ack_frame(frame.client_id, result.seq))
-    latency = time.monotonic() - received
-    metrics.sends.inc("ok")
-    metrics.ack_latency.observe(latency)
-    ctx.board.ack(latency)
-    ctx.cloudwatch.ack(latency)
-    if result.frame is None:
-        return  # a retry of a stored message: never delivered twice
-    encoded = protocol.encode(result.frame)
-    room = ctx.rooms.rooms.get(client.room)
-    if room is not None:
-        room.offer(result.seq, encoded, result.ts)
-    try:
-        await ctx.bus.publish_message(client.room, encoded)
-    except BusErrors as e:
-        log.warning("publish_failed", extra={"event": "publish_failed", "error": str(e)})

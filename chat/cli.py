@@ -55,7 +55,7 @@ def serve(config: Config) -> int:
 
     setup_logging(color=config.color, version=config.version, instance=config.instance_id,
                   level=config.log_level)
-    from .wslean import LeanWebSocketProtocol
+    from .ws import LeanWebSocketProtocol
 
     app = create_app(config)
     app.run(host=config.host, port=config.port, single_process=True, access_log=False,

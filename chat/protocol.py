@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+from .message import message
 
 MAX_TEXT = 2000  # characters of message text
 MAX_FRAME = 16 * 1024  # bytes; larger frames close the connection with 1009
@@ -194,10 +195,7 @@ def encode(frame: Mapping[str, Any]) -> str:
     return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
 
 
-def message_frame(*, room: str, seq: int, user_id: int, name: str, text: str, ts: int,
-                  color: str) -> dict[str, Any]:
-    return {"type": "message", "room": room, "seq": seq, "user_id": user_id, "name": name,
-            "text": text, "ts": ts, "color": color}
+message_frame = message  # the `message` frame is the stored record (chat/message.py)
 
 
 def error_frame(code: ErrorCode, message: str) -> str:
@@ -221,22 +219,6 @@ def history_frame(messages: list[dict[str, Any]], more: bool = False) -> str:
 def presence_frame(by_color: Mapping[str, int]) -> str:
     return encode({"type": "presence", "online": sum(by_color.values()),
                    "by_color": dict(sorted(by_color.items()))})
-
-
-def ws_text_frame(text: str) -> bytes:
-    """One unmasked, unfragmented WebSocket text frame (server to client, RFC 6455 5.2).
-
-    Built once per message and written as is to every recipient's transport. No extension
-    is ever negotiated with our clients (no permessage-deflate), so the bytes are the same
-    for all of them.
-    """
-    payload = text.encode()
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
 MIGRATE_FRAME = encode({"type": "migrate"})

@@ -23,47 +23,43 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from websockets.protocol import State
-
 from . import protocol
+from .message import Message
 from .metrics import Metrics
-from .store import MessageStore, StoreUnavailable, item_to_message
+from .store import MessageStore, StoreUnavailable
+from .ws import Transport, text_frame
 
 log = logging.getLogger("chat.rooms")
 
-_OPEN = State.OPEN
 PRESENCE_COALESCE = 0.25  # seconds: presence frames at most ~4 per second per room
 
 
 class Client:
-    """One WebSocket and its bounded backlog of outgoing frames.
+    """One WebSocket (a `chat.ws.Transport`) and its bounded backlog of outgoing frames.
 
-    Fast path: while nothing is waiting and the transport accepts writes, a frame's
-    WebSocket bytes (built once per message by the room, shared by every recipient) go
-    straight to the transport: no task switch, no lock, no per-recipient encoding. When
-    the transport pushes back (its buffer is over the high-water mark) frames wait in a
-    bounded deque that a writer task, started only then, drains in order. An idle
-    connection therefore holds no task and no queue object of its own.
-
-    A `ws` without Sanic's transport (tests' stand-ins) is served by the writer task
-    through `await ws.send(frame)`, with the same bounds.
+    Fast path: while nothing is waiting, a frame's WebSocket bytes (built once per message
+    by the room, shared by every recipient) go straight to `ws.write`: no task switch, no
+    lock, no per-recipient encoding. When the transport pushes back (its buffer is over
+    the high-water mark) frames wait in a bounded deque that a writer task, started only
+    then, drains in order. An idle connection therefore holds no task and no queue object
+    of its own.
     """
 
-    __slots__ = ("_io", "blocked_since", "buffer", "close_code", "closed", "floor", "metrics",
+    __slots__ = ("blocked_since", "buffer", "close_code", "closed", "floor", "metrics",
                  "migrated", "name", "pending", "queue_size", "room", "slow_seconds",
                  "user_id", "writer", "ws")
 
-    def __init__(self, ws: Any, *, user_id: int, name: str, room: str, queue_size: int,
-                 metrics: Metrics, slow_seconds: float = 5.0) -> None:
+    def __init__(self, ws: Transport, *, user_id: int, name: str, room: str,
+                 queue_size: int, metrics: Metrics, slow_seconds: float = 5.0) -> None:
         self.ws = ws
         self.user_id = user_id
         self.name = name
         self.room = room
         self.metrics = metrics
         self.queue_size = queue_size
-        # Waiting frames (wire bytes on the fast path, str for a stand-in ws); None while
-        # nothing waits, so an idle connection does not carry an empty deque.
-        self.pending: deque[bytes | str] | None = None
+        # Waiting writes (frame bytes); None while nothing waits, so an idle connection
+        # does not carry an empty deque.
+        self.pending: deque[bytes] | None = None
         self.buffer: list[tuple[int, str]] | None = []  # live frames held while joining
         # The last seq its history covered: the room may lag behind the store (Redis down,
         # a slow bus), so live frames at or below it would repeat or come out of order.
@@ -74,48 +70,35 @@ class Client:
         self.writer: asyncio.Task[None] | None = None
         self.slow_seconds = slow_seconds
         self.blocked_since: float | None = None  # frames waiting on the peer since
-        io = getattr(ws, "io_proto", None)  # Sanic's protocol: transport + write gate
-        self._io = io if getattr(io, "transport", None) is not None else None
 
     def start(self) -> None:
-        """Kept for callers; the writer task starts only when frames have to wait."""
-
-    def _writable(self) -> bool:
-        io = self._io
-        return (io is not None and io.transport is not None and io._can_write.is_set()
-                and not io.transport.is_closing() and self.ws.ws_proto.state is _OPEN)
+        """Nothing to start: the writer task starts only when frames have to wait."""
 
     def offer(self, frame: str, wire: bytes | None = None) -> bool:
         """Send or queue a frame without waiting; a client that falls behind gets 1013.
 
         `wire` is the frame's WebSocket bytes when the caller built them once for many
-        recipients. Falling behind: `queue_size` writes waiting (a write carries one frame, or
-        the frames of one room batch: `offer_many`), or frames waiting while
-        the peer has not taken any data for `slow_seconds` (its TCP window stays shut).
+        recipients. Falling behind: `queue_size` writes waiting (a write carries one frame,
+        or the frames of one room batch: `offer_many`), or frames waiting while the peer
+        has not taken any data for `slow_seconds` (its TCP window stays shut).
         """
         if self.closed:
             return False
-        if self._io is None:
-            return self._enqueue(frame)
         if wire is None:
-            wire = protocol.ws_text_frame(frame)
-        if not self.pending and self._writable():
-            self._io.transport.write(wire)
+            wire = text_frame(frame)
+        if not self.pending and self.ws.write(wire):
             return True
         return self._enqueue(wire)
 
-    def offer_many(self, frames: list[str], joined: bytes) -> bool:
+    def offer_many(self, joined: bytes) -> bool:
         """Several frames in order; `joined` is their WebSocket bytes back to back."""
         if self.closed:
             return False
-        if self._io is None:
-            return all(self._enqueue(f) for f in frames)
-        if not self.pending and self._writable():
-            self._io.transport.write(joined)
+        if not self.pending and self.ws.write(joined):
             return True
         return self._enqueue(joined)
 
-    def _enqueue(self, item: bytes | str) -> bool:
+    def _enqueue(self, item: bytes) -> bool:
         now = time.monotonic()
         if self.pending and self.blocked_since is not None \
                 and now - self.blocked_since > self.slow_seconds:
@@ -134,27 +117,18 @@ class Client:
         return True
 
     async def _drain(self) -> None:
+        ws = self.ws
         try:
-            if self._io is None:
-                while self.pending:
-                    await self.ws.send(self.pending[0])
-                    if self.pending:
-                        self.pending.popleft()
-                    self.blocked_since = time.monotonic() if self.pending else None
-                self.pending = None
-                return
-            io = self._io
             while self.pending:
-                if not io._can_write.is_set():
-                    await io._can_write.wait()
-                    self.blocked_since = time.monotonic()  # the peer took data
-                    continue  # re-check: fail() may have emptied the backlog meanwhile
-                if io.transport is None or io.transport.is_closing() \
-                        or self.ws.ws_proto.state is not _OPEN:
-                    self.closed = True
+                if ws.write(self.pending[0]):
+                    self.pending.popleft()
+                    continue
+                if not ws.is_open() or not await ws.writable():
+                    self.closed = True  # the connection is gone; the handler cleans up
                     self.pending = None
                     return
-                io.transport.write(self.pending.popleft())
+                self.blocked_since = time.monotonic()  # the peer took data
+                # re-check: fail() may have emptied the backlog meanwhile
             self.pending = None
             self.blocked_since = None
         except asyncio.CancelledError:
@@ -173,7 +147,7 @@ class Client:
             self.writer.cancel()
         log.info("ws_fail", extra={"event": "ws_fail", "code": code, "user_id": self.user_id,
                                    "room": self.room})
-        self.ws.fail_connection(code, reason)
+        self.ws.fail(code, reason)
 
     async def close(self, code: int, reason: str, flush_timeout: float = 2.0) -> None:
         """Close after the queued frames went out (or after flush_timeout)."""
@@ -274,8 +248,7 @@ class Room:
         if not batch:
             return
         self.flushed_at = asyncio.get_running_loop().time()
-        frames = [f for _, f, _ in batch]
-        wires = [protocol.ws_text_frame(f) for f in frames]  # once per message
+        wires = [text_frame(f) for _, f, _ in batch]  # once per message
         joined = wires[0] if len(wires) == 1 else b"".join(wires)
         first = batch[0][0]
         n = 0
@@ -283,7 +256,7 @@ class Room:
             if client.buffer is not None:
                 client.buffer.extend((s, f) for s, f, _ in batch)
             elif first > client.floor:
-                if client.offer_many(frames, joined):
+                if client.offer_many(joined):
                     n += len(batch)
             else:  # joined mid-batch: only what its history did not cover
                 for (s, f, _), w in zip(batch, wires, strict=True):
@@ -350,15 +323,14 @@ class Room:
         """Read what the bus may have missed (after a Redis outage) from the store."""
         if self.next_seq is None:
             return
-        items = await self.rooms.store.query(self.name, since=self.next_seq - 1, limit=500)
-        for it in items:
-            msg = item_to_message(it)
-            seq = int(it["seq"]["N"])
+        entries = await self.rooms.store.entries(self.name, since=self.next_seq - 1,
+                                                 limit=500)
+        for seq, msg in entries:
             self.offer(seq, protocol.encode(msg) if msg else None, msg["ts"] if msg else 0)
 
     # --- joining ---
 
-    async def history(self, since: int | None) -> tuple[list[dict[str, Any]], int, bool]:
+    async def history(self, since: int | None) -> tuple[list[Message], int, bool]:
         """History for a joining client: (messages, last seq covered, more after that).
 
         The client is in the room (its live frames buffered) before this reads the store,
@@ -374,12 +346,12 @@ class Room:
         """
         limit = protocol.HISTORY_SINCE_MAX if since is not None else protocol.HISTORY_DEFAULT
         passed = self.next_seq  # every number below it was delivered or skipped here
-        items = await self.rooms.store.query(self.name, since=since, limit=limit)
-        seqs = [int(it["seq"]["N"]) for it in items]
+        entries = await self.rooms.store.entries(self.name, since=since, limit=limit)
+        seqs = [seq for seq, _ in entries]
         if not seqs:
             return [], since or 0, False
         low = since + 1 if since is not None else seqs[0]
-        messages = [m for m in (item_to_message(it) for it in items) if m is not None]
+        messages = [m for _, m in entries if m is not None]
         end = seqs[-1]
         if len(seqs) != seqs[-1] - low + 1:
             have = set(seqs)
@@ -394,7 +366,7 @@ class Room:
                     messages.append(msg)
             messages = sorted((m for m in messages if int(m["seq"]) <= end),
                               key=lambda m: int(m["seq"]))
-        more = since is not None and end == seqs[-1] and len(items) >= limit
+        more = since is not None and end == seqs[-1] and len(entries) >= limit
         return messages, end, more
 
     async def ensure_initialised(self) -> None:
@@ -428,7 +400,7 @@ class Room:
         frame = protocol.presence_frame(await self.rooms.presence(self.name))
         if frame != self.last_presence:
             self.last_presence = frame
-            wire = protocol.ws_text_frame(frame)
+            wire = text_frame(frame)
             for client in list(self.clients):
                 if client.buffer is None:
                     client.offer(frame, wire)
@@ -469,7 +441,15 @@ class Rooms:
     def clients(self) -> list[Client]:
         return [c for r in self.rooms.values() for c in r.clients]
 
+    def deliver(self, room_name: str, seq: int, frame: str, ts: int) -> None:
+        """A message of this instance's send path (`chat.sends`), encoded once."""
+        room = self.rooms.get(room_name)
+        if room is not None:
+            room.offer(seq, frame, ts)
+
     def on_bus_message(self, room_name: str, frame: str) -> None:
+        """Another instance's message frame from Redis: parsed once, for its seq and ts
+        (rooms nobody here is in skip even that); the frame text is delivered as is."""
         room = self.rooms.get(room_name)
         if room is None:
             return

@@ -36,7 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .config import Config
 from .ddb import DynamoDB
-from .protocol import message_frame
+from .message import Message, message
 from .tables import TTL_ATTRIBUTE, init_tables
 
 DEDUP_SECONDS = 600
@@ -66,18 +66,18 @@ class Appended:
     seq: int
     ts: int
     duplicate: bool
-    frame: dict[str, Any] | None  # the message frame; None for a duplicate
+    frame: Message | None  # the stored message; None for a duplicate
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def item_to_message(item: dict[str, Any]) -> dict[str, Any] | None:
-    """A messages item as the wire's message frame; None for a void (skipped) number."""
+def item_to_message(item: dict[str, Any]) -> Message | None:
+    """A messages item decoded; None for a void (skipped) number."""
     if "void" in item:
         return None
-    return message_frame(room=item["room"]["S"], seq=int(item["seq"]["N"]),
+    return message(room=item["room"]["S"], seq=int(item["seq"]["N"]),
                          user_id=int(item["user_id"]["N"]), name=item["name"]["S"],
                          text=item["text"]["S"], ts=int(item["ts"]["N"]),
                          color=item["color"]["S"])
@@ -374,7 +374,7 @@ class MessageStore:
                     raise StoreUnavailable("an earlier send of this client_id is in flight")
                 await asyncio.sleep(0.1)
         ts = _now_ms()
-        frame = message_frame(room=room, seq=seq, user_id=user_id, name=name, text=text, ts=ts,
+        frame = message(room=room, seq=seq, user_id=user_id, name=name, text=text, ts=ts,
                               color=color)
         try:
             await self.client.put_item(
@@ -389,7 +389,7 @@ class MessageStore:
             raise StoreUnavailable(f"put_item: {e}") from e
         return Appended(seq, ts, False, frame)
 
-    async def fence(self, room: str, seq: int) -> dict[str, Any] | None:
+    async def fence(self, room: str, seq: int) -> Message | None:
         """Settle a number a reader will not wait for any longer: void it unless its message
         is already stored. Returns that message, or None when the number is void.
 
@@ -442,7 +442,8 @@ class MessageStore:
         }
 
     async def query(self, room: str, *, since: int | None, limit: int) -> list[dict[str, Any]]:
-        """Raw items (voids included): the first `limit` after `since`, else the latest."""
+        """DynamoDB items (voids included): the first `limit` after `since`, else the
+        latest. Readers outside the store use `entries` (decoded)."""
         items: list[dict[str, Any]] = []
         kwargs = self._room_query(room, since)
         while len(items) < limit:
@@ -454,8 +455,14 @@ class MessageStore:
         items.sort(key=lambda it: int(it["seq"]["N"]))
         return items
 
+    async def entries(self, room: str, *, since: int | None, limit: int
+                      ) -> list[tuple[int, Message | None]]:
+        """query() decoded: (seq, message), the message None for a void number."""
+        return [(int(it["seq"]["N"]), item_to_message(it))
+                for it in await self.query(room, since=since, limit=limit)]
+
     async def messages_page(self, room: str, *, since: int | None, limit: int
-                       ) -> list[dict[str, Any]]:
+                            ) -> list[Message]:
         """Message frames, oldest first: the first `limit` messages with seq > `since`, or
         the latest `limit` without `since`. Void numbers are skipped and not counted.
 
@@ -464,7 +471,7 @@ class MessageStore:
         failed write), so a room without voids costs the one query it always did. At most
         MESSAGES_MAX_PAGES pages are read; only a longer run of voids than they cover
         returns fewer than `limit` messages although more exist."""
-        found: list[dict[str, Any]] = []
+        found: list[Message] = []
         voids = 0
         kwargs = self._room_query(room, since)
         for _ in range(MESSAGES_MAX_PAGES):
@@ -482,9 +489,9 @@ class MessageStore:
         found.sort(key=lambda m: int(m["seq"]))
         return found
 
-    async def range(self, room: str, first: int, last: int) -> dict[int, dict[str, Any] | None]:
-        """Items with first <= seq <= last that exist: seq -> message frame (None: void)."""
-        found: dict[int, dict[str, Any] | None] = {}
+    async def range(self, room: str, first: int, last: int) -> dict[int, Message | None]:
+        """Numbers first <= seq <= last that have an item: seq -> message (None: void)."""
+        found: dict[int, Message | None] = {}
         if last < first:
             return found
         kwargs: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""The lean WebSocket layer (chat/wslean.py): one Pinger per process instead of a ping task
+"""The lean WebSocket layer (chat/ws/lean.py): one Pinger per process instead of a ping task
 per connection, frames handed to the handler as they arrive.
 
 - a client that never answers (no pong, no frame) is pinged and then closed with 1011;

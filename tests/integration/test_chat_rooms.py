@@ -21,24 +21,60 @@ from tests.conftest import Service
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
+def frames_of(data: bytes) -> list[str]:
+    """The texts of the server frames in `data` (unmasked, 7/16-bit length)."""
+    out, i = [], 0
+    while i < len(data):
+        n = data[i + 1] & 0x7F
+        i += 2
+        if n == 126:
+            n = int.from_bytes(data[i:i + 2], "big")
+            i += 2
+        out.append(data[i:i + n].decode())
+        i += n
+    return out
+
+
+_decoded: dict[int, tuple[bytes, list[str]]] = {}  # id(bytes written) -> its frames
+
+
 class FakeWs:
-    """Stands in for Sanic's WebSocket: records what the writer sends."""
+    """Stands in for the WebSocket: a `chat.ws.Transport` that records what is written.
+
+    `writes` holds each write's bytes; `sent` the frames' texts in order. The texts of one
+    bytes object are decoded once, so a str in `sent` is shared by two clients exactly
+    when the same bytes object was written to both (encoded once for all recipients).
+    With `block`, writes are refused (the transport pushes back) until it is set."""
 
     def __init__(self, block: bool = False) -> None:
         self.sent: list[str] = []
+        self.writes: list[bytes] = []
         self.block = asyncio.Event()
         if not block:
             self.block.set()
         self.failed: int | None = None
 
-    async def send(self, frame: str) -> None:
-        await self.block.wait()
-        self.sent.append(frame)
+    def write(self, data: bytes) -> bool:
+        if not self.block.is_set() or self.failed is not None:
+            return False
+        held = _decoded.get(id(data))
+        if held is None or held[0] is not data:
+            held = _decoded[id(data)] = (data, frames_of(data))
+        self.writes.append(bytes(data))
+        self.sent.extend(held[1])
+        return True
 
-    def fail_connection(self, code: int, reason: str = "") -> None:
+    def is_open(self) -> bool:
+        return self.failed is None
+
+    async def writable(self) -> bool:
+        await self.block.wait()
+        return self.is_open()
+
+    def fail(self, code: int, reason: str = "") -> None:
         self.failed = code
 
-    async def close(self, code: int, reason: str = "") -> None:
+    async def close(self, code: int = 1000, reason: str = "") -> None:
         self.failed = code
 
 
@@ -292,32 +328,6 @@ async def test_a_client_id_whose_first_write_failed_can_be_sent_again(store):
     assert resend.duplicate and resend.seq == again.seq
 
 
-class FakeTransport:
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(bytes(data))
-
-    def is_closing(self) -> bool:
-        return False
-
-
-class FakeIoWs(FakeWs):
-    """A WebSocket with Sanic's shape: frames go straight to io_proto.transport."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        from websockets.protocol import State
-
-        can_write = asyncio.Event()
-        can_write.set()
-        self.io_proto = type("Io", (), {})()
-        self.io_proto.transport = FakeTransport()
-        self.io_proto._can_write = can_write
-        self.ws_proto = type("P", (), {"state": State.OPEN})()
-
-
 def wire_seqs(data: bytes) -> list[int]:
     """The seqs of the message frames in `data` (server frames: unmasked, 7/16-bit length)."""
     out, i = [], 0
@@ -337,31 +347,31 @@ def wire_seqs(data: bytes) -> list[int]:
 async def test_messages_due_in_one_loop_turn_reach_each_client_in_one_write(store):
     rooms = make_rooms(store)
     room = "b-" + uuid.uuid4().hex[:8]
-    ws = FakeIoWs()
-    late = FakeIoWs()
+    ws = FakeWs()
+    late = FakeWs()
     _, r = await add_client(rooms, room, ws)
     msgs = [await store_message(store, room, f"m{i}") for i in range(5)]
     # a second client whose history covered the first two of them
     c2 = Client(late, user_id=2, name="l", room=room, queue_size=100, metrics=rooms.metrics)
     rooms.join(c2)
     r.go_live(c2, msgs[1][0])
-    before = len(ws.io_proto.transport.writes)
+    before = len(ws.writes)
     for m in reversed(msgs):  # all due in this turn once the first arrives
         r.offer(*m)
-    assert ws.io_proto.transport.writes[before:] == []  # nothing written mid-turn
+    assert ws.writes[before:] == []  # nothing written mid-turn
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    writes = ws.io_proto.transport.writes[before:]
+    writes = ws.writes[before:]
     assert len(writes) == 1, writes
     assert wire_seqs(writes[0]) == [m[0] for m in msgs]
-    assert [s for w in late.io_proto.transport.writes for s in wire_seqs(w)] == \
+    assert [s for w in late.writes for s in wire_seqs(w)] == \
         [m[0] for m in msgs[2:]]
 
 
-async def _paced_room(store, members: int, **cfg: Any) -> tuple[Room, list[FakeIoWs]]:
+async def _paced_room(store, members: int, **cfg: Any) -> tuple[Room, list[FakeWs]]:
     rooms = make_rooms(store, **cfg)
     room = "p-" + uuid.uuid4().hex[:8]
-    sockets = [FakeIoWs() for _ in range(members)]
+    sockets = [FakeWs() for _ in range(members)]
     r = None
     for ws in sockets:
         _, r = await add_client(rooms, room, ws)
@@ -369,8 +379,8 @@ async def _paced_room(store, members: int, **cfg: Any) -> tuple[Room, list[FakeI
     return r, sockets
 
 
-def _writes(ws: FakeIoWs) -> list[list[int]]:
-    return [wire_seqs(w) for w in ws.io_proto.transport.writes if wire_seqs(w)]
+def _writes(ws: FakeWs) -> list[list[int]]:
+    return [wire_seqs(w) for w in ws.writes if wire_seqs(w)]
 
 
 async def test_a_large_room_writes_at_most_once_per_flush_interval(store):
@@ -408,7 +418,7 @@ async def test_a_client_joining_while_a_paced_flush_waits_gets_every_message_onc
     await asyncio.sleep(0)
     held = await store_message(store, r.name, "held")
     r.offer(*held)  # waits for the interval
-    late = FakeIoWs()
+    late = FakeWs()
     c = Client(late, user_id=9, name="late", room=r.name, queue_size=100,
                metrics=r.rooms.metrics)
     r.rooms.join(c)

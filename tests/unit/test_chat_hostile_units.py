@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from chat import protocol
-from chat.app import Strikes
 from chat.gate import bad_path, bearer_bytes, host_allowed
+from chat.ratelimit import Strikes
 
 
 @pytest.mark.parametrize(("typed", "kept"), [

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from chat.app import TokenBucket
 from chat.config import Config
 from chat.metrics import Metrics
+from chat.ratelimit import TokenBucket
 from chat.stats import BoardStats, aggregate
 
 

@@ -1,4 +1,4 @@
-"""protocol.ws_text_frame: the bytes the fan-out writes straight to every transport must be
+"""chat.ws.text_frame: the bytes the fan-out writes straight to every transport must be
 exactly the frame a WebSocket client parses back to the same text, at every length class
 of RFC 6455's header (7-bit, 16-bit, 64-bit payload length)."""
 
@@ -9,6 +9,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from chat import protocol
+from chat.ws import text_frame
 
 
 def parse_client_side(data: bytes) -> Frame:
@@ -28,7 +29,7 @@ def parse_client_side(data: bytes) -> Frame:
 @pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
 def test_frame_parses_back_to_the_same_text_at_every_header_size(length: int) -> None:
     text = ("한" * (length // 3)).ljust(length, "x")[:length] if length else ""
-    frame = parse_client_side(protocol.ws_text_frame(text))
+    frame = parse_client_side(text_frame(text))
     assert frame.opcode == Opcode.TEXT and frame.fin
     assert bytes(frame.data).decode() == text
 
@@ -36,4 +37,4 @@ def test_frame_parses_back_to_the_same_text_at_every_header_size(length: int) ->
 def test_the_same_bytes_as_the_websockets_library_would_send() -> None:
     text = protocol.encode({"type": "message", "text": "안녕 <b>hi</b>", "seq": 7})
     expected = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
-    assert protocol.ws_text_frame(text) == expected
+    assert text_frame(text) == expected

@@ -1,5 +1,8 @@
 """A lean WebSocket connection for Sanic: frames handed to a callback, one shared pinger.
 
+Part of the WebSocket seam (chat/ws/__init__.py): `LeanWebsocket` implements `Transport`
+(write, is_open, writable, fail, close) for the chat's clients.
+
 Sanic 25's `WebsocketImplProtocol` gives every connection a frame assembler (two Events, a
 Queue, two Locks: five `collections.deque`s of ~600 bytes each), a keep-alive task that
 sleeps and pings, an auto-close task, a task per `data_received` call and a task plus two
@@ -59,6 +62,10 @@ def _spawn(coro: Any) -> None:
     task = asyncio.create_task(coro)
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
+
+
+def _drop(message: Message) -> None:
+    """A message after the handler stopped reading."""
 
 
 class LeanWebsocket(WebsocketImplProtocol):
@@ -211,6 +218,12 @@ class LeanWebsocket(WebsocketImplProtocol):
         self.inbox = None
         self._resume_reading()
 
+    def stop_consuming(self) -> None:
+        """The handler is done: later messages (a migrated or failed client still sending)
+        are dropped as they arrive, without a task or a reader waiting for them."""
+        self.on_message = _drop
+        self.inbox = None
+
     def _resume_reading(self) -> None:
         if self.reading_paused:
             self.reading_paused = False
@@ -246,6 +259,33 @@ class LeanWebsocket(WebsocketImplProtocol):
         if len(self.inbox) < EARLY_MAX // 2:
             self._resume_reading()
         return message
+
+    # --- Transport (chat/ws/transport.py) ---
+
+    def write(self, data: bytes) -> bool:
+        """Write server frame bytes now, or False while the transport pushes back or is
+        closing (nothing written). Sanic's protocol clears `_can_write` over the
+        transport's high-water mark and sets it again once the buffer drained."""
+        io = self.io_proto
+        if (io is None or io.transport is None or not io._can_write.is_set()
+                or io.transport.is_closing() or self.ws_proto.state is not OPEN):
+            return False
+        io.transport.write(data)
+        return True
+
+    def is_open(self) -> bool:
+        io = self.io_proto
+        return (io is not None and io.transport is not None
+                and not io.transport.is_closing() and self.ws_proto.state is OPEN)
+
+    async def writable(self) -> bool:
+        io = self.io_proto
+        if io is not None and not io._can_write.is_set():
+            await io._can_write.wait()
+        return self.is_open()
+
+    def fail(self, code: int, reason: str) -> None:
+        self.fail_connection(code, reason)
 
     # --- keep-alive ---
 
@@ -343,5 +383,8 @@ class LeanWebSocketProtocol(WebSocketProtocol):
 
 
 def install() -> None:
-    """Make Sanic's WebSocket handshake create LeanWebsocket connections."""
+    """Make Sanic's WebSocket handshake create LeanWebsocket connections.
+
+    Sanic builds the connection object from a module global of its WebSocket protocol
+    module, so this sets that global (idempotent). `chat.app.create_app` calls it."""
     websocket_protocol.WebsocketImplProtocol = LeanWebsocket  # type: ignore[misc]
