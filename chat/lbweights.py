@@ -16,7 +16,7 @@ Sources (read-only, what an unprivileged process may use):
     target group ARNs) through elbv2 DescribeRules / DescribeListeners: the weights of the
     forward action of the listener rule that lists both target groups, else of the default
     action; a plain forward to one group is 100 for that color, 0 for the other (the same
-    reading as traffic_shift's elbv2 driver, plugins/module_utils/traffic_shift_core.py).
+    reading as traffic_shift's elbv2 driver, plugins/module_utils/traffic_shift/elbv2.py).
 """
 
 from __future__ import annotations
