@@ -38,6 +38,11 @@ message. Ack latency is measured on the local clock from the first send to the `
 
 The core is importable: ``await run_loadgen(LoadGenConfig(...))`` returns the report dict;
 ``LoadGen.stop()`` (or SIGINT/SIGTERM under ``main``) ends sending, drains and reports.
+
+Modules: ``accounting`` (what counts as lost, duplicated, out of order; latency histograms),
+``users`` (one simulated user), ``scheduler`` (a run: config, ramp, rate, drain, report
+dict), ``report`` (the table), ``cli`` (options and signals). This package is not in the
+service image; run it from a checkout of the repository.
 """
 
 from .accounting import (
