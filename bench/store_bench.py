@@ -1,4 +1,4 @@
-"""Store latency and CPU per send, per DynamoDB client (issue #6).
+"""Store latency and CPU per send, per DynamoDB client (CHAT_DYNAMODB_CLIENT).
 
 Starts a moto server on a free 127.0.0.1 port and times `MessageStore.append` (a send's
 three DynamoDB calls) through each client of CHAT_DYNAMODB_CLIENT: N sequential appends,

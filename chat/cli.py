@@ -35,9 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["loadgen"]:
-        from .loadgen import main as loadgen_main  # written separately; imported lazily
-
-        return int(loadgen_main(argv[1:]))
+        return _loadgen(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "init-tables":
         return asyncio.run(_init_tables(Config.from_env()))
@@ -47,6 +45,21 @@ def main(argv: list[str] | None = None) -> int:
         allowed_origins=args.allowed_origins,
         instance_id=os.environ.get("CHAT_INSTANCE_ID") or None)
     return serve(config)
+
+
+def _loadgen(argv: list[str]) -> int:
+    """The load generator is the top-level ``loadgen`` package beside ``chat/``: it runs from a
+    checkout (a workstation), and the service image holds ``chat/`` only."""
+    try:
+        from loadgen import main as loadgen_main
+    except ModuleNotFoundError as e:
+        if e.name != "loadgen":
+            raise
+        print("python -m chat loadgen: the loadgen package is not installed here (the service "
+              "image holds only chat/). Run it from a checkout of the repository, in its root "
+              "directory: .venv/bin/python -m chat loadgen --help", file=sys.stderr)
+        return 2
+    return int(loadgen_main(argv))
 
 
 def serve(config: Config) -> int:

@@ -70,9 +70,9 @@ class Config:
     CHAT_SOCKET_SNDBUF [65536 bytes of kernel send buffer per WebSocket; 0: OS default],
     CHAT_LOG_LEVEL [INFO],
     CHAT_DYNAMODB_CLIENT [ddb: the hot calls through chat/ddb.py, a keep-alive JSON-protocol
-    client; `botocore`: every call through aioboto3, the path before issue #6],
+    client; `botocore`: every call through aioboto3, kept to compare the two],
     CHAT_SEQ_BATCH [50: concurrent sends of one room (and joins) share one counter ADD of up
-    to this many numbers; 0 or 1: one ADD per send, the path before issue #6's batching],
+    to this many numbers; 0 or 1: one ADD per send, no batching],
     CHAT_FLUSH_INTERVAL [0.1 s: a room with CHAT_FLUSH_MEMBERS or more clients on this
     instance writes its messages to them at most once per interval, several per write;
     0: every message at once], CHAT_FLUSH_MEMBERS [200], CHAT_FLUSH_BATCH [8: such a room

@@ -1,8 +1,8 @@
-"""A small async DynamoDB client for the chat's hot calls (issue #6).
+"""A small async DynamoDB client for the chat's hot calls (send, join, history, readiness).
 
 botocore spends most of a call building and signing the request (a model-driven serializer,
-an event system, hooks); on this service's three writes per send that was 28 % of the
-server's samples. This client speaks the DynamoDB JSON protocol directly:
+an event system, hooks): with botocore, this service's three writes per send are 28 % of the
+server's profile samples. This client speaks the DynamoDB JSON protocol directly:
 
 - `POST /` with `Content-Type: application/x-amz-json-1.0` and
   `X-Amz-Target: DynamoDB_20120810.<Operation>`; the body is the operation's parameters as

@@ -10,8 +10,8 @@ export ANSIBLE_CONFIG="$PWD/ansible.cfg"
 exec </dev/null
 
 lint() {
-  echo "== ruff"; ruff check chat plugins tests bench
-  echo "== mypy"; mypy chat plugins
+  echo "== ruff"; ruff check chat loadgen plugins tests bench
+  echo "== mypy"; mypy chat loadgen plugins
   echo "== ansible-lint (production profile)"; ansible-lint --profile production --offline
   echo "== ansible-test sanity"; bash scripts/sanity.sh
   echo "== actionlint"; actionlint

@@ -132,8 +132,8 @@ def start_redis(tmp: Path, port: int | None = None) -> Service:
 
 
 def start_moto(port: int | None = None, env: dict[str, str] | None = None) -> Service:
-    """The local stack's DynamoDB emulator (moto's server with the launcher's patches: TableId,
-    indexed Query), with the same arguments as `moto_server`."""
+    """The local stack's DynamoDB emulator (moto's server with the patches of
+    roles/data/files/moto_patches/), with the same arguments as `moto_server`."""
     port = port or free_port()
     proc = subprocess.Popen(
         [str(VENV_BIN / "python"), str(REPO / "roles" / "data" / "files" / "dynamodb_emulator.py"),

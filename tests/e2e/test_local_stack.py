@@ -45,7 +45,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from websockets.asyncio.client import connect
 
-from chat.loadgen import LoadGen, LoadGenConfig, run_loadgen
+from loadgen import LoadGen, LoadGenConfig, run_loadgen
 from tests.conftest import REPO, VENV_BIN, haproxy_cli
 
 pytestmark = [

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from chat.loadgen import LoadGen
+from loadgen import LoadGen
 from tests.chatstack import ChatInstance, ChatStack, http
 from tests.conftest import (
     REPO,

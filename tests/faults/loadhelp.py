@@ -6,7 +6,7 @@ import asyncio
 import os
 from typing import Any
 
-from chat.loadgen import LoadGen, LoadGenConfig, run_loadgen
+from loadgen import LoadGen, LoadGenConfig, run_loadgen
 
 STORM_USERS = int(os.environ.get("FAULTS_STORM_USERS", "1000"))
 SLOW_USERS = int(os.environ.get("FAULTS_SLOW_USERS", "500"))

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from chat.loadgen import LoadGenConfig
+from loadgen import LoadGenConfig
 from tests.conftest import REPO, VENV_BIN
 from tests.faults.conftest import (
     FaultStack,

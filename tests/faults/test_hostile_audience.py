@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import websockets
 
-from chat.loadgen import LoadGenConfig
+from loadgen import LoadGenConfig
 from tests.faults.conftest import FaultStack
 from tests.faults.loadhelp import start, stopped
 from tests.faults.test_canary_fault import traffic_shift

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from chat.loadgen import LoadGen, LoadGenConfig, run_loadgen
+from loadgen import LoadGen, LoadGenConfig, run_loadgen
 from tests.chatstack import http
 from tests.faults.conftest import (
     FaultStack,

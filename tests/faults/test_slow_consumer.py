@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import websockets
 
-from chat.loadgen import LoadGenConfig
+from loadgen import LoadGenConfig
 from tests.chatstack import ChatClient, ChatInstance
 from tests.faults.conftest import (
     FaultStack,

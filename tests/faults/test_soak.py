@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from chat.loadgen import LoadGenConfig
+from loadgen import LoadGenConfig
 from tests.faults.conftest import FaultStack, assert_clean, outcome, rss_kib
 from tests.faults.loadhelp import start, stopped
 

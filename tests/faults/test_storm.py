@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from chat.loadgen import LoadGenConfig
+from loadgen import LoadGenConfig
 from tests.faults.conftest import (
     FaultStack,
     assert_clean,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chat.loadgen import LoadGen, LoadGenConfig, run_loadgen
+from loadgen import LoadGen, LoadGenConfig, run_loadgen
 from tests.chatstack import ChatClient, ChatInstance, ChatStack
 from tests.conftest import Service, start_moto, start_redis
 

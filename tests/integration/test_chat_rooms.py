@@ -166,8 +166,8 @@ async def test_a_number_that_never_gets_stored_is_skipped_after_the_bounded_wait
 
 async def test_many_numbers_that_never_get_stored_are_skipped_within_one_bounded_wait(store):
     # Each hole waits gap_skip from when it was found missing, not from when the hole
-    # before it was skipped: k holes in a row used to hold the room for k x gap_skip
-    # (scenario 6: tens of seconds of nothing delivered while churn kept making holes).
+    # before it was skipped: otherwise k holes in a row would hold the room for k x gap_skip
+    # (scenario 6: tens of seconds of nothing delivered while churn keeps making holes).
     rooms = make_rooms(store, gap_skip=2.0)
     room = "k-" + uuid.uuid4().hex[:8]
     ws = FakeWs()
@@ -190,10 +190,10 @@ async def test_many_numbers_that_never_get_stored_are_skipped_within_one_bounded
 
 async def test_a_join_during_a_write_in_flight_neither_waits_for_it_nor_fences_it(store):
     # Scenario 6: under steady traffic some number below the newest is nearly always
-    # still being written. History used to wait for it (up to gap_skip) and then fence it,
-    # so each join took gap_skip and failed someone's send; a client that churned again
-    # meanwhile never got a history at all (last_on_conn -1). Now history stops before
-    # it and the room delivers it, and what follows, from the joining client's buffer.
+    # still being written. A history that waited for it (up to gap_skip) and then fenced it
+    # would make each join take gap_skip and fail someone's send, and a client that churned
+    # again meanwhile would never get a history (last_on_conn -1). History stops before
+    # it, and the room delivers it, and what follows, from the joining client's buffer.
     rooms = make_rooms(store, gap_skip=30)
     room = "j-" + uuid.uuid4().hex[:8]
     ws1 = FakeWs()

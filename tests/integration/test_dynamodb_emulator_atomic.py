@@ -1,8 +1,8 @@
-"""The DynamoDB emulator (roles/data/files/dynamodb_emulator.py) applies each write
-atomically, as DynamoDB does: moto's threaded server let concurrent `ADD 1` on one counter
-answer the same value (found by the chat's exactly-once tests with the keep-alive client:
-279 acked, 277 stored). With 32 writers per counter plain `moto_server` repeats values on
-the first counter already; the emulator must never."""
+"""The DynamoDB emulator's atomic writes patch (roles/data/files/moto_patches/atomic_writes.py):
+each write is applied atomically, as DynamoDB does; moto's threaded server lets concurrent
+`ADD 1` on one counter answer the same value (found by the chat's exactly-once tests with the
+keep-alive client: 279 acked, 277 stored). With 32 writers per counter plain `moto_server`
+repeats values on the first counter already; the emulator must never."""
 
 from __future__ import annotations
 

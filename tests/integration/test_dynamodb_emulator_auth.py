@@ -1,5 +1,5 @@
 """The emulator with EMULATOR_ACCESS_KEY_ID / EMULATOR_SECRET_ACCESS_KEY set (the local stack's
-way, roles/data/files/dynamodb_emulator.py, 7.): only requests signed with that key reach moto.
+way; roles/data/files/moto_patches/sigv4_key.py): only requests signed with that key reach moto.
 A client with the key works (botocore's own SigV4 signing); another key id, the right key id
 with a wrong secret, a tampered body, an unsigned request and moto's own API are refused."""
 

@@ -1,4 +1,4 @@
-"""The emulator's fast path (roles/data/files/dynamodb_emulator.py, 5.) hands a DynamoDB call
+"""The emulator's fast path (roles/data/files/moto_patches/fast_path.py) hands a DynamoDB call
 to moto's DynamoHandler without werkzeug, Flask and moto's dispatcher: its answers must be
 the ones the full path gives (EMULATOR_FAST_PATH=0), successes and errors alike."""
 

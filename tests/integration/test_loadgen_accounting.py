@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from chat.loadgen import (
+from loadgen import (
     ConnTrack,
     LatencyHistogram,
     SeqSet,

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from chat.loadgen import LoadGenConfig, exit_code, run_loadgen
+from loadgen import LoadGenConfig, exit_code, run_loadgen
 from tests.conftest import REPO, free_port
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from chat.loadgen import LoadGen, LoadGenConfig, exit_code, run_loadgen
+from loadgen import LoadGen, LoadGenConfig, exit_code, run_loadgen
 from tests.chatstack import ChatInstance, ChatStack
 from tests.conftest import REPO
 

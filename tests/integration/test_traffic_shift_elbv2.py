@@ -3,8 +3,8 @@
 Each test builds its own VPC, ALB, blue/green target groups (IP targets registered, which
 moto reports healthy) and a listener forwarding 90/10 with stickiness, then runs
 `ansible localhost -m canarychat.platform.traffic_shift` with endpoint_url pointing at the
-emulator (moto with our patches: roles/data/files/dynamodb_emulator.py, whose patch 7
-answers the p95 statistic).
+emulator (moto with our patches: roles/data/files/moto_patches/, whose
+cloudwatch_percentiles answers the p95 statistic).
 
 A chat's metrics are put while the module bakes by `publishing` (a thread standing in for
 the chat's publisher: namespace CanaryChat, dimension Color, Sends/SendErrors counts and

@@ -266,8 +266,8 @@ async def test_nothing_listening_is_an_endpoint_connection_error() -> None:
 
 
 async def test_a_call_after_close_is_a_botocore_connection_error(fake: Fake) -> None:
-    # connection cleanups still running while the server stops used to raise aiohttp's
-    # RuntimeError('Session is closed'), which the store did not take for "unavailable"
+    # connection cleanups still running while the server stops would raise aiohttp's
+    # RuntimeError('Session is closed'), which the store does not take for "unavailable"
     c = client(fake.url)
     await c.start()
     await c.close()

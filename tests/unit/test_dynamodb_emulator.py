@@ -1,15 +1,12 @@
-"""roles/data/files/dynamodb_emulator.py: the indexed Query patch answers exactly what moto's
-original Table.query answers (items, count, LastEvaluatedKey), page by page, on random tables
-and random queries; it looks only at the page it returns; and it is what the API serves."""
+"""The emulator's indexed Query patch (roles/data/files/moto_patches/indexed_query.py) answers
+exactly what moto's original Table.query answers (items, count, LastEvaluatedKey), page by
+page, on random tables and random queries; it looks only at the page it returns; and it is
+what the API serves."""
 
 from __future__ import annotations
 
-import importlib.util
 import string
-import sys
 import threading
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import boto3
@@ -21,21 +18,11 @@ from moto.dynamodb.comparisons import get_filter_expression
 from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import Table
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.emulator_patches import entry_point, patch_module
 
-
-def _load() -> ModuleType:
-    path = ROOT / "roles" / "data" / "files" / "dynamodb_emulator.py"
-    spec = importlib.util.spec_from_file_location("dynamodb_emulator", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["dynamodb_emulator"] = module
-    spec.loader.exec_module(module)
-    module.patch()
-    return module
-
-
-emu = _load()
+entry_point().patch()  # the table patches, as the emulator installs them
+emu = patch_module("indexed_query")
+fast_path = patch_module("fast_path")
 ORIGINAL = emu.original_query()
 PARTITIONS = ["r1", "r2", "r3"]
 N_KEYS = [str(i) for i in range(-3, 25)] + ["1.5", "2.0", "7.25"]
@@ -314,7 +301,7 @@ def test_the_fast_header_parser_gives_what_http_client_gives(raw: bytes) -> None
 
     want = http.client.parse_headers(BytesIO(raw + b"BODY"))
     fp = BytesIO(raw + b"BODY")
-    got = emu._fast_parse_headers(fp)
+    got = fast_path._fast_parse_headers(fp)
     assert type(got) is type(want)
     assert got.items() == want.items()
     assert fp.read() == b"BODY"  # the body is left unread, as before

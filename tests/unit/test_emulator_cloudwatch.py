@@ -1,34 +1,20 @@
-"""roles/data/files/dynamodb_emulator.py, patch 7: GetMetricData answers `pNN` statistics
+"""The emulator's CloudWatch percentile patch (roles/data/files/moto_patches/
+cloudwatch_percentiles.py): GetMetricData answers `pNN` statistics
 (moto 5.2 fails them with a 500) from the samples put as Values/Counts, nearest-rank; a
 period whose percentile cannot be computed has no datapoint."""
 
 from __future__ import annotations
 
 import datetime
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import boto3
 import pytest
 from moto import mock_aws
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.emulator_patches import patch_module
 
-
-def _load() -> ModuleType:
-    path = ROOT / "roles" / "data" / "files" / "dynamodb_emulator.py"
-    spec = importlib.util.spec_from_file_location("dynamodb_emulator_cw", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["dynamodb_emulator_cw"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-emu = _load()
+emu = patch_module("cloudwatch_percentiles")
 DIMS = [{"Name": "Color", "Value": "green"}]
 
 
@@ -59,7 +45,7 @@ def _query(cw: Any, stat: str, start: datetime.datetime) -> dict[str, Any]:
 
 @pytest.fixture
 def cloudwatch() -> Any:
-    emu.patch_cloudwatch_percentiles()
+    emu.install()
     with mock_aws():
         yield boto3.client("cloudwatch", region_name="ap-northeast-2")
 
