@@ -330,18 +330,8 @@ async def test_a_client_id_whose_first_write_failed_can_be_sent_again(store):
 
 def wire_seqs(data: bytes) -> list[int]:
     """The seqs of the message frames in `data` (server frames: unmasked, 7/16-bit length)."""
-    out, i = [], 0
-    while i < len(data):
-        n = data[i + 1] & 0x7F
-        i += 2
-        if n == 126:
-            n = int.from_bytes(data[i:i + 2], "big")
-            i += 2
-        frame = json.loads(data[i:i + n])
-        i += n
-        if frame["type"] == "message":
-            out.append(frame["seq"])
-    return out
+    frames = [json.loads(text) for text in frames_of(data)]
+    return [f["seq"] for f in frames if f["type"] == "message"]
 
 
 async def test_messages_due_in_one_loop_turn_reach_each_client_in_one_write(store):
