@@ -400,14 +400,18 @@ class MessageStore:
         item = await self._fence(room, seq)
         return item_to_message(item) if item else None
 
+    async def _put_void(self, room: str, seq: int) -> None:
+        """Write `seq` as a void item, only if no item holds that number yet."""
+        await self.client.put_item(
+            TableName=self.messages,
+            Item={"room": {"S": room}, "seq": {"N": str(seq)}, "void": {"BOOL": True},
+                  "ts": {"N": str(_now_ms())}},
+            ConditionExpression="attribute_not_exists(seq)")
+
     async def _fence(self, room: str, seq: int) -> dict[str, Any] | None:
         """fence() as the raw item: None when this call voided the number."""
         try:
-            await self.client.put_item(
-                TableName=self.messages,
-                Item={"room": {"S": room}, "seq": {"N": str(seq)}, "void": {"BOOL": True},
-                      "ts": {"N": str(_now_ms())}},
-                ConditionExpression="attribute_not_exists(seq)")
+            await self._put_void(room, seq)
             return None
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
@@ -422,11 +426,7 @@ class MessageStore:
     async def _void(self, room: str, seq: int) -> None:
         """Mark a number whose message will never exist (best effort)."""
         try:
-            await self.client.put_item(
-                TableName=self.messages,
-                Item={"room": {"S": room}, "seq": {"N": str(seq)}, "void": {"BOOL": True},
-                      "ts": {"N": str(_now_ms())}},
-                ConditionExpression="attribute_not_exists(seq)")
+            await self._put_void(room, seq)
         except (TimeoutError, BotoCoreError, ClientError, OSError):
             pass
 
