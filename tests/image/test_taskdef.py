@@ -51,12 +51,23 @@ def taskdef_task(tasks: list[dict[str, Any]]) -> dict[str, Any]:
     return {}
 
 
+def role_defaults() -> dict[str, Any]:
+    """The compute role's defaults over those of the roles it depends on, as Ansible sees them
+    (its meta dependencies, e.g. canarychat.platform.aws for aws_name_prefix)."""
+    meta = yaml.safe_load((ROLE / "meta" / "main.yml").read_text()) or {}
+    out: dict[str, Any] = {}
+    for dep in meta.get("dependencies") or []:
+        name = (dep["role"] if isinstance(dep, dict) else dep).rsplit(".", 1)[-1]
+        out |= yaml.safe_load((REPO / "roles" / name / "defaults" / "main.yml").read_text())
+    return out | yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+
+
 def render_container(color: str) -> dict[str, Any]:
     tasks = yaml.safe_load((ROLE / "tasks" / "aws.yml").read_text())
     task = taskdef_task(tasks)
     assert task, "no community.aws.ecs_taskdefinition task in roles/compute/tasks/aws.yml"
     (container,) = task["containers"]
-    variables = trust(yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())) | {
+    variables = trust(role_defaults()) | {
         "item": color, "aws_region": "ap-northeast-2",
         "__compute_images": {"blue": "repo:v1", "green": "repo:v2"},
         "__compute_redis": {"primary_endpoint": "redis.example", "primary_port": 6379},
