@@ -339,10 +339,9 @@ class Room:
         not passed yet (a write in flight, or one the room will fence and skip): nothing
         to wait for. A missing number the room already went past is fenced here, as the
         room did, so a late write cannot be acked under a number this history passed over.
-        (History used to poll the store until no number below the newest was missing, up
-        to gap_skip, and then fence the ones still in flight: under steady traffic there
-        nearly always is one, so every join waited gap_skip while hammering the store, and
-        a client could churn again before its history ever came.)
+        History does not wait for the numbers in flight: under steady traffic there nearly
+        always is one, so waiting would make every join wait gap_skip while hammering the
+        store, and a client could churn again before its history came.
         """
         limit = protocol.HISTORY_SINCE_MAX if since is not None else protocol.HISTORY_DEFAULT
         passed = self.next_seq  # every number below it was delivered or skipped here

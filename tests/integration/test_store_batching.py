@@ -1,4 +1,4 @@
-"""The batched sequence assignment (issue #6): concurrent sends of one room share one counter
+"""The batched sequence assignment: concurrent sends of one room share one counter
 ADD, on a real moto server through each DynamoDB client, with every guarantee of one ADD per
 send kept: unique consecutive numbers, a number nobody uses is void at once, an ADD error
 fails its whole batch, exactly-once retries, nothing left running after close."""
