@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .aio import cancel_task
+
 log = logging.getLogger("chat.cloudwatch")
 
 NAMESPACE = "CanaryChat"
@@ -215,9 +217,7 @@ class Publisher:
         """Stop the loop and publish the last partial interval (bounded)."""
         if self.task is None:
             return
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        await cancel_task(self.task)
         self.task = None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.flush(), final_timeout)

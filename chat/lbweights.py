@@ -29,6 +29,8 @@ import logging
 import time
 from typing import Any, Protocol
 
+from .aio import cancel_task
+
 log = logging.getLogger("chat.lbweights")
 
 HTTP_TIMEOUT = 2.0  # seconds for one stats page request (a loopback listener)
@@ -213,11 +215,8 @@ class WeightsPoller:
         self.task = asyncio.create_task(self._run(), name="lbweights")
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-            self.task = None
+        await cancel_task(self.task)
+        self.task = None
         if self.source is not None:
             await self.source.close()
 

@@ -21,6 +21,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from .aio import cancel_task
+
 log = logging.getLogger("chat.targetwatch")
 
 NOT_REGISTERED = "Target.NotRegistered"
@@ -94,11 +96,8 @@ class TargetWatcher:
         self.task = asyncio.create_task(self._run(), name="targetwatch")
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-            self.task = None
+        await cancel_task(self.task)
+        self.task = None
         await self._stack.aclose()
         self._client = None
 
