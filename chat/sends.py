@@ -43,15 +43,19 @@ class SendPath:
         """A send refused before storage (too many waiting): counted as a send error."""
         self.cloudwatch.send_error()
 
+    def _failed(self) -> None:
+        """A send that failed here (fault injection or storage): every gate counts it."""
+        self.metrics.sends.inc("error")
+        self.board.failure()
+        self.cloudwatch.send_error()
+
     async def send(self, client: Client, frame: protocol.SendFrame, error: ErrorReply) -> None:
         """Store `frame` as `client`'s message, ack it, publish it; `error` answers a
         failure (`unavailable`: the client retries with the same client_id)."""
         config, metrics = self.config, self.metrics
         received = time.monotonic()
         if config.fault_rate and random.random() < config.fault_rate:
-            metrics.sends.inc("error")
-            self.board.failure()
-            self.cloudwatch.send_error()
+            self._failed()
             error(ErrorCode.UNAVAILABLE, "injected fault (CHAT_FAULT_RATE); retry")
             return
         try:
@@ -62,9 +66,7 @@ class SendPath:
             metrics.store_latency.observe(time.monotonic() - t0)
         except StoreUnavailable as e:
             log.warning("store_failed", extra={"event": "store_failed", "error": str(e)})
-            metrics.sends.inc("error")
-            self.board.failure()
-            self.cloudwatch.send_error()
+            self._failed()
             error(ErrorCode.UNAVAILABLE, "storage unavailable; retry with the same client_id")
             return
         client.offer(protocol.ack_frame(frame.client_id, result.seq))
