@@ -198,6 +198,15 @@ def encode(frame: Mapping[str, Any]) -> str:
 message_frame = message  # the `message` frame is the stored record (chat/message.py)
 
 
+def message_order(frame: str) -> tuple[int, int]:
+    """(seq, ts) of a `message` frame this protocol encoded, for ordering it.
+
+    Instances pass messages to each other through Redis as the client's own frame text,
+    so every version in a canary reads the others' messages (docs/architecture.md)."""
+    msg = json.loads(frame)
+    return int(msg["seq"]), int(msg["ts"])
+
+
 def error_frame(code: ErrorCode, message: str) -> str:
     return encode({"type": "error", "code": code.value, "message": message})
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
@@ -452,8 +451,8 @@ class Rooms:
         room = self.rooms.get(room_name)
         if room is None:
             return
-        msg = json.loads(frame)
-        room.offer(int(msg["seq"]), frame, int(msg["ts"]))
+        seq, ts = protocol.message_order(frame)
+        room.offer(seq, frame, ts)
 
     def on_presence(self, room_name: str) -> None:
         room = self.rooms.get(room_name)

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chat import protocol
+from chat.message import message
 from chat.protocol import ErrorCode, PingFrame, ProtocolError, SendFrame
 
 
@@ -115,3 +116,10 @@ def test_frames_encode_compact_utf8_and_stable():
                                           version="v1", server="i", seq=0))
     assert list(w) == ["type", "user_id", "name", "room", "color", "version", "server", "seq"]
     assert json.loads(protocol.MIGRATE_FRAME) == {"type": "migrate"}
+
+
+def test_message_order_reads_seq_and_ts_of_an_encoded_message() -> None:
+    frame = protocol.encode(message(room='r "seq":1', seq=4242, user_id=7, name="n",
+                                    text='{"seq": 1, "ts": 2}', ts=1700000000123,
+                                    color="blue"))
+    assert protocol.message_order(frame) == (4242, 1700000000123)
