@@ -104,15 +104,14 @@ class Connections:
                 version=config.version, server=config.instance_id, seq=latest))
             try:
                 await room.ensure_initialised()
-                history, last, more = await room.history(join.since)
+                history, n_history, last = await room.join_history(join.since)
             except StoreUnavailable:
                 metrics.errors.inc(ErrorCode.UNAVAILABLE.value)
                 client.offer(protocol.error_frame(ErrorCode.UNAVAILABLE,
                                                   "storage unavailable"))
                 await client.close(protocol.CLOSE_TRY_LATER, "storage unavailable")
                 return
-            client.offer(protocol.history_frame(history, more))
-            n_history = len(history)
+            client.offer(history)
             # This frame lives as long as the connection: do not keep up to 1,000 messages.
             del history
             room.go_live(client, last)
