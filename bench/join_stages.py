@@ -43,7 +43,7 @@ STAGES = [
     ("chat.store", "MessageStore", "latest_seq", "latest_seq"),
     ("chat.rooms", "Room", "ensure_initialised", "room_init"),
     ("chat.rooms", "Room", "history", "history"),
-    ("chat.rooms", "Room", "join_history", "history"),
+    ("chat.rooms", "Room", "join_history", "join_history"),
     ("chat.store", "MessageStore", "add_connection", "record"),
 ]
 

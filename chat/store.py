@@ -23,6 +23,9 @@
   round trip. The next block is leased, one ADD at a time, once half of the current one is
   used. The ADD is atomic across instances, so ids stay unique across instances and
   restarts; ids leased but never handed out (an instance that stops) are gaps, never reused.
+- A join's `latest_seq` (welcome's `seq`) is a consistent GetItem of the room's counter,
+  shared by the concurrent joins of the room: a join shares only a read that starts after
+  it asked (the one after the read in flight), so its value is never older than its request.
 """
 
 from __future__ import annotations
@@ -119,6 +122,10 @@ class MessageStore:
         # lease (ADD) in flight, if any: one at a time, shared by every join waiting for it
         self._user_ids: deque[range] = deque()
         self._user_lease: asyncio.Task[None] | None = None
+        # the latest_seq coalescer: per room, the joins waiting for the next read, and the
+        # task that issues the room's reads while anyone waits (none for an idle room)
+        self._seq_waiting: dict[str, list[asyncio.Future[int]]] = {}
+        self._seq_readers: dict[str, asyncio.Task[None]] = {}
         self._closing = False
         self.messages = config.table_messages
         self.connections = config.table_connections
@@ -152,6 +159,7 @@ class MessageStore:
         # number left unvoided is fenced by the rooms after gap_skip, as after a crash).
         self._closing = True
         adders = list(self._adders.values())
+        adders.extend(self._seq_readers.values())
         if self._user_lease is not None:
             adders.append(self._user_lease)
         for task in adders:
@@ -333,7 +341,49 @@ class MessageStore:
             task.exception()  # a failed prefetch nobody waited for: the next join retries
 
     async def latest_seq(self, room: str) -> int:
-        """The last sequence number assigned in the room (0 for a new room)."""
+        """The last sequence number assigned in the room (0 for a new room), as a
+        consistent read that started after this call: every number assigned before the
+        call is counted. Concurrent callers of a room share the next such read."""
+        if self._closing:
+            raise StoreUnavailable("the store is closing")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._seq_waiting.setdefault(room, []).append(future)
+        if room not in self._seq_readers:  # an idle room: its read goes out now
+            self._seq_readers[room] = loop.create_task(self._run_seq_reads(room),
+                                                       name=f"latest-seq-{room}")
+        return await future
+
+    async def _run_seq_reads(self, room: str) -> None:
+        """Read the room's counter while callers wait: each read answers the callers that
+        asked before it started; those who ask while it is in flight wait for the next."""
+        batch: list[asyncio.Future[int]] = []
+        try:
+            while True:
+                batch = [f for f in self._seq_waiting.pop(room, ()) if not f.done()]
+                if not batch:  # idle again; no await since the check: nobody slips by
+                    return
+                try:
+                    value = await self._read_latest_seq(room)
+                except Exception as e:  # every caller of this read gets it
+                    for f in batch:
+                        if not f.done():
+                            f.set_exception(e)
+                    batch = []
+                    continue
+                for f in batch:
+                    if not f.done():
+                        f.set_result(value)
+                batch = []
+        finally:
+            if self._seq_readers.get(room) is asyncio.current_task():
+                del self._seq_readers[room]
+            # cancelled (the store closes): nobody may wait for a read that will not come
+            for f in batch + self._seq_waiting.pop(room, []):
+                if not f.done():
+                    f.set_exception(StoreUnavailable("the store is closing"))
+
+    async def _read_latest_seq(self, room: str) -> int:
         r = await self._call("get_item", TableName=self.counters,
                              Key={"name": {"S": f"room#{room}"}}, ConsistentRead=True)
         item = r.get("Item")
