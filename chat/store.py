@@ -23,6 +23,11 @@
   round trip. The next block is leased, one ADD at a time, once half of the current one is
   used. The ADD is atomic across instances, so ids stay unique across instances and
   restarts; ids leased but never handed out (an instance that stops) are gaps, never reused.
+- Connection records (one per open WebSocket) are put in BatchWriteItems of up to 25: at most
+  RECORD_BATCHES_MAX in flight, the records that come meanwhile wait for the next, so a lone
+  join's record goes out at once and a storm's share requests. UnprocessedItems are sent
+  again with exponential backoff; a record still unprocessed after RECORD_ATTEMPTS fails
+  like a failed PutItem (the connection is served without it).
 - A join's `latest_seq` (welcome's `seq`) is a consistent GetItem of the room's counter,
   shared by the concurrent joins of the room: a join shares only a read that starts after
   it asked (the one after the read in flight), so its value is never older than its request.
@@ -31,6 +36,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections import deque
@@ -56,6 +62,10 @@ VOID_GRACE_SECONDS = 2.0  # close() waits this long for the voids in flight
 # the pages cover shortens the answer instead of reading the table without end.
 MESSAGES_MAX_PAGES = 8
 QUERY_LIMIT_MAX = 1000  # the largest page messages_page() asks for
+RECORD_BATCH = 25  # BatchWriteItem's limit: at most 25 put or delete requests per call
+RECORD_BATCHES_MAX = 4  # connection-record BatchWriteItems in flight at once
+RECORD_ATTEMPTS = 5  # sends of a record DynamoDB leaves unprocessed, the first included
+RECORD_BACKOFF = 0.05  # seconds before the first resend of unprocessed records; doubles
 
 
 class StoreUnavailable(Exception):
@@ -126,6 +136,9 @@ class MessageStore:
         # task that issues the room's reads while anyone waits (none for an idle room)
         self._seq_waiting: dict[str, list[asyncio.Future[int]]] = {}
         self._seq_readers: dict[str, asyncio.Task[None]] = {}
+        # connection records waiting for a BatchWriteItem, and the batches in flight
+        self._records: list[tuple[dict[str, Any], asyncio.Future[str]]] = []
+        self._record_batches: set[asyncio.Task[None]] = set()
         self._closing = False
         self.messages = config.table_messages
         self.connections = config.table_connections
@@ -153,18 +166,25 @@ class MessageStore:
             connect_timeout=2, read_timeout=5, max_attempts=2, max_connections=50))
 
     async def close(self) -> None:
-        # No task outlives the store: the batched ADDs in flight are cancelled (their
-        # waiters fail with StoreUnavailable, as a send whose ADD timed out), then the voids
+        # No task outlives the store: the batched ADDs, the latest-seq reads, the user-id
+        # lease and the connection-record batches in flight are cancelled (their waiters
+        # fail with StoreUnavailable, as a send whose ADD timed out; a record left unwritten
+        # or undeleted expires by its TTL), then the voids
         # already started get up to VOID_GRACE_SECONDS to land before the client closes (a
         # number left unvoided is fenced by the rooms after gap_skip, as after a crash).
         self._closing = True
         adders = list(self._adders.values())
         adders.extend(self._seq_readers.values())
+        adders.extend(self._record_batches)
         if self._user_lease is not None:
             adders.append(self._user_lease)
         for task in adders:
             task.cancel()
         await asyncio.gather(*adders, return_exceptions=True)
+        records, self._records = self._records, []
+        for _, future in records:
+            if not future.done():
+                future.set_exception(StoreUnavailable("the store is closing"))
         if self._voiding:
             await asyncio.wait(list(self._voiding), timeout=VOID_GRACE_SECONDS)
             pending = list(self._voiding)
@@ -621,14 +641,69 @@ class MessageStore:
 
     async def add_connection(self, *, user_id: int, room: str, instance: str, color: str,
                              version: str) -> str:
+        """Put the connection's record (in a batch with the concurrent ones); its id."""
+        if self._closing:
+            raise StoreUnavailable("the store is closing")
         connection_id = uuid.uuid4().hex
         now = int(time.time())
-        await self._call("put_item", TableName=self.connections, Item={
+        item = {
             "connection_id": {"S": connection_id}, "user_id": {"N": str(user_id)},
             "room": {"S": room}, "instance": {"S": instance}, "color": {"S": color},
             "version": {"S": version}, "connected_at": {"N": str(_now_ms())},
-            TTL_ATTRIBUTE: {"N": str(now + CONNECTION_TTL_SECONDS)}})
-        return connection_id
+            TTL_ATTRIBUTE: {"N": str(now + CONNECTION_TTL_SECONDS)}}
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._records.append((item, future))
+        self._send_records()
+        return await future
+
+    def _send_records(self) -> None:
+        """Start a BatchWriteItem of the waiting records while fewer than
+        RECORD_BATCHES_MAX are in flight."""
+        while self._records and len(self._record_batches) < RECORD_BATCHES_MAX:
+            batch = self._records[:RECORD_BATCH]
+            del self._records[:RECORD_BATCH]
+            task = asyncio.get_running_loop().create_task(self._write_records(batch),
+                                                          name="connection-records")
+            self._record_batches.add(task)
+            task.add_done_callback(self._records_written)
+
+    def _records_written(self, task: asyncio.Task[None]) -> None:
+        self._record_batches.discard(task)
+        if not self._closing:
+            self._send_records()
+
+    async def _write_records(self, batch: list[tuple[dict[str, Any], asyncio.Future[str]]]
+                             ) -> None:
+        requests = [{"PutRequest": {"Item": item}} for item, _ in batch]
+        failed: BaseException | None = None
+        try:
+            delay = RECORD_BACKOFF
+            for attempt in range(RECORD_ATTEMPTS):
+                if attempt:  # DynamoDB asks to back off exponentially before a resend
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                    delay *= 2
+                r = await self._call("batch_write_item",
+                                     RequestItems={self.connections: requests})
+                requests = r.get("UnprocessedItems", {}).get(self.connections, [])
+                if not requests:
+                    break
+        except BaseException as e:
+            failed = e
+            raise
+        finally:
+            left = {req["PutRequest"]["Item"]["connection_id"]["S"] for req in requests}
+            for item, future in batch:
+                if future.done():
+                    continue
+                connection_id = item["connection_id"]["S"]
+                if failed is not None:
+                    future.set_exception(failed if isinstance(failed, StoreUnavailable)
+                                         else StoreUnavailable(f"batch_write_item: {failed!r}"))
+                elif connection_id in left:
+                    future.set_exception(StoreUnavailable(
+                        f"batch_write_item: still unprocessed after {RECORD_ATTEMPTS} tries"))
+                else:
+                    future.set_result(connection_id)
 
     async def remove_connection(self, connection_id: str) -> None:
         await self._call("delete_item", TableName=self.connections,
