@@ -103,9 +103,23 @@ def serve(argv: list[str]) -> int:
     store.MessageStore._call = call  # type: ignore[method-assign]
 
     real_serve = connection.Connections.serve
+    from chat.ws import LeanWebSocketProtocol
+
+    real_init = LeanWebSocketProtocol.__init__
+    accepted_at: dict[int, float] = {}  # id(protocol) -> when its TCP connection came
+
+    def init_timed(self: Any, *args: Any, **kwargs: Any) -> None:
+        accepted_at[id(self)] = time.perf_counter()
+        real_init(self, *args, **kwargs)
+
+    LeanWebSocketProtocol.__init__ = init_timed  # type: ignore[method-assign]
 
     async def serve_timed(self: Any, request: Any, ws: Any, join: Any) -> None:
-        started.set(time.perf_counter())
+        now = time.perf_counter()
+        accepted = accepted_at.pop(id(request.transport.get_protocol()), None)
+        if accepted is not None:
+            record("accept_to_handler", now - accepted)
+        started.set(now)
         await real_serve(self, request, ws, join)
 
     connection.Connections.serve = serve_timed  # type: ignore[method-assign]

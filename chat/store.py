@@ -63,7 +63,7 @@ VOID_GRACE_SECONDS = 2.0  # close() waits this long for the voids in flight
 MESSAGES_MAX_PAGES = 8
 QUERY_LIMIT_MAX = 1000  # the largest page messages_page() asks for
 RECORD_BATCH = 25  # BatchWriteItem's limit: at most 25 put or delete requests per call
-RECORD_BATCHES_MAX = 4  # connection-record BatchWriteItems in flight at once
+RECORD_BATCHES_MAX = 2  # connection-record BatchWriteItems in flight at once
 RECORD_ATTEMPTS = 5  # sends of a record DynamoDB leaves unprocessed, the first included
 RECORD_BACKOFF = 0.05  # seconds before the first resend of unprocessed records; doubles
 

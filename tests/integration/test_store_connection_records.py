@@ -137,7 +137,7 @@ async def test_close_fails_the_waiting_records_and_leaves_no_task(moto_server: S
         return await original(**params)
 
     s.client.batch_write_item = hang
-    records = [asyncio.create_task(add(s, i)) for i in range(200)]  # more than 4 x 25
+    records = [asyncio.create_task(add(s, i)) for i in range(200)]  # more than fit in flight
     await asyncio.sleep(0.05)
     assert len(s._record_batches) == store_module.RECORD_BATCHES_MAX and s._records
     await s.close()
