@@ -38,6 +38,12 @@ from .ws import Transport, text_frame
 log = logging.getLogger("chat.rooms")
 
 PRESENCE_COALESCE = 0.25  # seconds: presence frames at most ~4 per second per room
+# A room's tail holds at most this many characters of message frames, whatever
+# CHAT_HISTORY_MEMORY says: 1,000 typical messages fit (~250 characters each), while a
+# room filled with 2,000-character messages keeps only its last ~130 (the rest of a
+# history reads the store), so a few connections cannot make each room they join cost
+# megabytes.
+TAIL_CHARS_MAX = 256 * 1024
 
 
 class Client:
@@ -195,11 +201,11 @@ class Room:
         self.last_presence: str | None = None
         # The last numbers this room passed (every seq < next_seq, in order, without a hole:
         # (seq, message frame), the frame None for a void or skipped number), at most
-        # CHAT_HISTORY_MEMORY of them; None with the memory off. It covers
-        # next_seq - len(tail) .. next_seq - 1.
-        memory = rooms.config.history_memory
+        # CHAT_HISTORY_MEMORY of them, TAIL_CHARS_MAX characters of frames; None with the
+        # memory off. It covers next_seq - len(tail) .. next_seq - 1.
         self.tail: deque[tuple[int, str | None]] | None = (
-            deque(maxlen=memory) if memory > 0 else None)
+            deque() if rooms.config.history_memory > 0 else None)
+        self.tail_chars = 0
 
     # --- ordered delivery ---
 
@@ -219,10 +225,23 @@ class Room:
             if entry is not None:
                 self._deliver(self.next_seq, *entry)
             if tail is not None:  # passed now, flushed or not: joins from now cover it
-                tail.append((self.next_seq, entry[0] if entry is not None else None))
+                self._remember(self.next_seq, entry[0] if entry is not None else None)
             self.next_seq += 1
         if self.pending and (self._gap_task is None or self._gap_task.done()):
             self._gap_task = asyncio.create_task(self._fill_gap(), name=f"gap-{self.name}")
+
+    def _remember(self, seq: int, frame: str | None) -> None:
+        """Append a passed number to the tail, dropping its oldest beyond the bounds."""
+        tail = self.tail
+        assert tail is not None
+        tail.append((seq, frame))
+        if frame is not None:
+            self.tail_chars += len(frame)
+        limit = self.rooms.config.history_memory
+        while len(tail) > limit or self.tail_chars > TAIL_CHARS_MAX:
+            _, old = tail.popleft()
+            if old is not None:
+                self.tail_chars -= len(old)
 
     def _deliver(self, seq: int, frame: str, ts: int) -> None:
         """Deliver at the next flush, with whatever else became due before it.
@@ -445,8 +464,8 @@ class Room:
             numbers, last, _ = await self._read_history(None)
             self.next_seq = last + 1
             if self.tail is not None:  # the tail starts with what the store has
-                self.tail.extend((seq, protocol.encode(m) if m is not None else None)
-                                 for seq, m in numbers)
+                for seq, m in numbers:
+                    self._remember(seq, protocol.encode(m) if m is not None else None)
             for seq in [s for s in self.pending if s < self.next_seq]:
                 del self.pending[seq]
             self._advance()

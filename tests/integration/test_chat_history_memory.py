@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from chat import protocol
+from chat import rooms as rooms_module
 from chat.config import Config
 from chat.rooms import Client, Room, Rooms
 from chat.store import MessageStore
@@ -193,6 +194,24 @@ async def test_a_join_after_the_tail_rolled_past_falls_back_to_the_store(store):
                                     store_last)
         assert rooms.metrics.histories.total("store") == before + 1
     assert rooms.metrics.histories.total("memory") == 0
+
+
+async def test_the_tail_is_bounded_in_characters_too(store, monkeypatch):
+    rooms = make_rooms(store)
+    room = "hc-" + uuid.uuid4().hex[:8]
+    _, r = await add_client(rooms, room, FakeWs())
+    numbers = await fill(store, r, 6, voids={4})
+    assert r.tail is not None
+    one = max(len(f) for _, f in r.tail if f is not None)
+    monkeypatch.setattr(rooms_module, "TAIL_CHARS_MAX", 3 * one)
+    numbers += await fill(store, r, 3, voids=set())
+    # at most three message frames' worth of characters: the last three messages (the
+    # void number before them went out with the older ones)
+    assert [s for s, _ in r.tail] == numbers[-3:]
+    assert r.tail_chars == sum(len(f) for _, f in r.tail if f is not None) <= 3 * one
+    await same_as_store(r, numbers[-4])
+    assert r.memory_history(numbers[-5]) is None  # reaches further back: the store's
+    assert r.memory_history(None) is None  # the latest 50 are not all there
 
 
 async def test_with_the_memory_off_every_join_reads_the_store(store):
