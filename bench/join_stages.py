@@ -124,16 +124,28 @@ def serve(argv: list[str]) -> int:
 
     connection.Connections.serve = serve_timed  # type: ignore[method-assign]
 
-    for frame, name in (("welcome_frame", "to_welcome"), ("history_frame", "to_history")):
-        real = getattr(protocol, frame)
+    real_welcome = protocol.welcome_frame
 
-        def wrap(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> str:
-            t0 = started.get()
-            if t0 is not None:
-                record(_name, time.perf_counter() - t0)
-            return str(_real(*args, **kwargs))
+    def welcome(*args: Any, **kwargs: Any) -> str:
+        t0 = started.get()
+        if t0 is not None:
+            record("to_welcome", time.perf_counter() - t0)
+        return real_welcome(*args, **kwargs)
 
-        setattr(protocol, frame, wrap)
+    protocol.welcome_frame = welcome
+
+    from chat.rooms import Room
+
+    real_go_live = Room.go_live
+
+    def go_live(self: Any, client: Any, last: int) -> None:
+        # called right after the history frame was handed to the connection
+        t0 = started.get()
+        if t0 is not None:
+            record("to_history", time.perf_counter() - t0)
+        real_go_live(self, client, last)
+
+    Room.go_live = go_live  # type: ignore[method-assign]
 
     from chat import cli
 
