@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -50,6 +50,61 @@ BusErrors = (RedisError, OSError, asyncio.TimeoutError)
 # redis-server's and ElastiCache's maxclients. A command waits this long for a free one.
 REDIS_MAX_CONNECTIONS = 100
 REDIS_POOL_WAIT_SECONDS = 5.0
+
+T = TypeVar("T")
+
+
+class _Shared(Generic[T]):
+    """Per room, concurrent callers share one call of `call(room)`: each gets the result
+    of the next call that starts after it asked, never of one already in flight (so what
+    it reads or writes is never older than its request). A storm of joins in one room
+    then costs a few Redis round trips, not a few per join. `call` must not raise; at
+    close, callers still waiting get `closed(room)`."""
+
+    def __init__(self, call: Callable[[str], Awaitable[T]], closed: Callable[[str], T]) -> None:
+        self.call, self.closed = call, closed
+        self.waiting: dict[str, list[asyncio.Future[T]]] = {}
+        self.runners: dict[str, asyncio.Task[None]] = {}
+
+    async def __call__(self, room: str) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self.waiting.setdefault(room, []).append(future)
+        if room not in self.runners:  # an idle room: its call goes out now
+            self.runners[room] = loop.create_task(self._run(room), name=f"shared-{room}")
+        return await future
+
+    async def _run(self, room: str) -> None:
+        batch: list[asyncio.Future[T]] = []
+        try:
+            while True:
+                batch = [f for f in self.waiting.pop(room, ()) if not f.done()]
+                if not batch:  # idle again; no await since the check: nobody slips by
+                    return
+                try:
+                    value = await self.call(room)
+                except Exception as e:  # a bug, not Redis (`call` handles that): told on
+                    for f in batch:
+                        if not f.done():
+                            f.set_exception(e)
+                    batch = []
+                    continue
+                for f in batch:
+                    if not f.done():
+                        f.set_result(value)
+                batch = []
+        finally:
+            if self.runners.get(room) is asyncio.current_task():
+                del self.runners[room]
+            for f in batch + self.waiting.pop(room, []):  # cancelled: the bus closes
+                if not f.done():
+                    f.set_result(self.closed(room))
+
+    async def close(self) -> None:
+        runners = list(self.runners.values())
+        for t in runners:
+            t.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
 
 
 class RoomBus:
@@ -79,6 +134,10 @@ class RoomBus:
         self.connected = asyncio.Event()
         self.local_presence: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # presence writes and reads shared by a room's concurrent joins and leaves
+        self._presence_writes = _Shared[None](self._publish_presence, lambda room: None)
+        self._presence_reads = _Shared[dict[str, int]](self._read_presence,
+                                                       self._local_presence)
         self._catch_up: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -86,6 +145,8 @@ class RoomBus:
                        asyncio.create_task(self._heartbeat(), name="bus-heartbeat")]
 
     async def close(self) -> None:
+        await self._presence_writes.close()
+        await self._presence_reads.close()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -172,11 +233,16 @@ class RoomBus:
     # --- presence ---
 
     async def presence_changed(self, room: str, delta: int) -> None:
+        """Count a connection in (+1) or out (-1); returns once a write of the room's
+        count that started after the change (shared with concurrent changes) is done."""
         n = self.local_presence.get(room, 0) + delta
         if n > 0:
             self.local_presence[room] = n
         else:
             self.local_presence.pop(room, None)
+        await self._presence_writes(room)
+
+    async def _publish_presence(self, room: str) -> None:
         try:
             await self._write_presence(room)
             await self.redis.publish(PRESENCE_CHANNEL, room)
@@ -205,13 +271,20 @@ class RoomBus:
             await self.redis.publish(PRESENCE_CHANNEL, room)
 
     async def presence(self, room: str) -> dict[str, int]:
-        """Open connections in the room by color, across live instances."""
+        """Open connections in the room by color, across live instances (a read that
+        started after this call, shared with the room's concurrent callers)."""
+        return dict(await self._presence_reads(room))
+
+    def _local_presence(self, room: str) -> dict[str, int]:
+        n = self.local_presence.get(room, 0)
+        return {self.config.color: n} if n else {}
+
+    async def _read_presence(self, room: str) -> dict[str, int]:
         by_color: dict[str, int] = {}
         try:
             entries = await self.redis.hgetall(f"chat:presence:{room}")
         except BusErrors:
-            n = self.local_presence.get(room, 0)
-            return {self.config.color: n} if n else {}
+            return self._local_presence(room)
         now = time.time()
         stale = []
         for instance, raw in entries.items():

@@ -73,6 +73,10 @@ class Config:
     client; `botocore`: every call through aioboto3, kept to compare the two],
     CHAT_SEQ_BATCH [50: concurrent sends of one room (and joins) share one counter ADD of up
     to this many numbers; 0 or 1: one ADD per send, no batching],
+    CHAT_HISTORY_MEMORY [1000: numbers (messages and voids) each room keeps in memory to
+    answer joins' history without a Query; 0: off; 0-100000],
+    CHAT_USER_ID_BLOCK [100: user ids leased per counter ADD, handed to joins without a
+    round trip; 1: one ADD per join, concurrent joins sharing it (CHAT_SEQ_BATCH); 1-10000],
     CHAT_FLUSH_INTERVAL [0.1 s: a room with CHAT_FLUSH_MEMBERS or more clients on this
     instance writes its messages to them at most once per interval, several per write;
     0: every message at once], CHAT_FLUSH_MEMBERS [200], CHAT_FLUSH_BATCH [8: such a room
@@ -132,6 +136,10 @@ class Config:
     dynamodb_client: str = "ddb"
     # most sequence numbers (or user ids) one counter ADD takes at once; <= 1: no batching
     seq_batch: int = 50
+    # user ids one counter ADD leases to this instance (store.next_user_id); 1: one per join
+    user_id_block: int = 100
+    # the last numbers a room passed, kept to answer joins' history (rooms.Room.tail); 0: off
+    history_memory: int = 1000
     # large rooms: at most one write per client per flush_interval seconds (rooms.Room)
     flush_interval: float = 0.1
     flush_members: int = 200
@@ -170,6 +178,10 @@ class Config:
             raise ValueError("CHAT_SEQ_BATCH must be 0 (off) or more")
         if not 0.0 <= self.flush_interval <= 1.0:
             raise ValueError("CHAT_FLUSH_INTERVAL must be between 0 (off) and 1 second")
+        if not 0 <= self.history_memory <= 100000:
+            raise ValueError("CHAT_HISTORY_MEMORY must be between 0 (off) and 100000")
+        if not 1 <= self.user_id_block <= 10000:
+            raise ValueError("CHAT_USER_ID_BLOCK must be between 1 and 10000")
         if self.flush_members < 1:
             raise ValueError("CHAT_FLUSH_MEMBERS must be 1 or more")
         if self.request_timeout <= 0:
@@ -233,6 +245,8 @@ class Config:
             log_level=env.get("CHAT_LOG_LEVEL", "INFO"),
             dynamodb_client=env.get("CHAT_DYNAMODB_CLIENT", "").strip().lower() or "ddb",
             seq_batch=_int(env, "CHAT_SEQ_BATCH", 50),
+            user_id_block=_int(env, "CHAT_USER_ID_BLOCK", 100),
+            history_memory=_int(env, "CHAT_HISTORY_MEMORY", 1000),
             flush_interval=_float(env, "CHAT_FLUSH_INTERVAL", 0.1),
             flush_members=_int(env, "CHAT_FLUSH_MEMBERS", 200),
             flush_batch=_int(env, "CHAT_FLUSH_BATCH", 8),

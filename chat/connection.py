@@ -1,9 +1,12 @@
 """A WebSocket connection's life: handshake -> history -> live -> drain -> close.
 
 `Connections.serve` runs one connection (the `/ws` route of `chat.app` calls it, with the
-join query the gate parsed): user id and the room's latest seq from the store, `welcome`,
-the room's history (`chat.rooms`), then live; incoming frames go to a `Reader` as they
-arrive (`LeanWebsocket.consume`), `send`s to `chat.sends.SendPath`. The drainer
+join query the gate parsed): a user id from the instance's leased block, the client
+registered in its room, then the room's latest seq (a store read shared with the room's
+concurrent joins) and its history (from the room's memory, else the store; `chat.rooms`)
+at the same time; `welcome` once its seq is there, `history`, then live; incoming frames
+go to a `Reader` as they arrive (`LeanWebsocket.consume`), `send`s to
+`chat.sends.SendPath`. The drainer
 (`chat.drain`) is told about joins in flight. On close the client leaves its room and
 the presence count and connection record are cleaned up in the background.
 """
@@ -28,7 +31,7 @@ from .drain import Drainer
 from .metrics import Metrics
 from .protocol import ErrorCode, ProtocolError
 from .ratelimit import Strikes, TokenBucket
-from .rooms import Client, Rooms
+from .rooms import Client, Room, Rooms
 from .sends import SendPath
 from .stats import BoardStats
 from .store import MessageStore, StoreUnavailable
@@ -85,12 +88,9 @@ class Connections:
         joining = True
         try:
             try:
-                user_id = await store.next_user_id()
-                latest = await store.latest_seq(join.room)
+                user_id = await store.next_user_id()  # from the instance's block: no wait
             except StoreUnavailable as e:
-                log.warning("join_unavailable", extra={"event": "join_unavailable",
-                                                       "error": str(e)})
-                metrics.errors.inc(ErrorCode.UNAVAILABLE.value)
+                self._join_unavailable(e)
                 await ws.send(protocol.error_frame(ErrorCode.UNAVAILABLE,
                                                    "storage unavailable"))
                 await ws.close(protocol.CLOSE_TRY_LATER, "storage unavailable")
@@ -98,21 +98,31 @@ class Connections:
             client = Client(ws, user_id=user_id, name=join.name, room=join.room,
                             queue_size=config.send_queue, metrics=metrics,
                             slow_seconds=config.slow_seconds)
-            room = rooms.join(client)
-            client.offer(protocol.welcome_frame(
-                user_id=user_id, name=join.name, room=join.room, color=config.color,
-                version=config.version, server=config.instance_id, seq=latest))
+            room = rooms.join(client)  # registered (live frames buffered) before the history
+            # welcome's seq (a consistent read, shared with the room's concurrent joins)
+            # and the history (from the room's memory, else the store) at the same time;
+            # welcome goes out as soon as its seq is there
+            latest_read = asyncio.ensure_future(store.latest_seq(join.room))
+            history_read = asyncio.ensure_future(self._history(room, join.since))
             try:
-                await room.ensure_initialised()
-                history, last, more = await room.history(join.since)
-            except StoreUnavailable:
-                metrics.errors.inc(ErrorCode.UNAVAILABLE.value)
+                latest = await latest_read
+                client.offer(protocol.welcome_frame(
+                    user_id=user_id, name=join.name, room=join.room, color=config.color,
+                    version=config.version, server=config.instance_id, seq=latest))
+                history, n_history, last = await history_read
+            except StoreUnavailable as e:
+                self._join_unavailable(e)
                 client.offer(protocol.error_frame(ErrorCode.UNAVAILABLE,
                                                   "storage unavailable"))
                 await client.close(protocol.CLOSE_TRY_LATER, "storage unavailable")
                 return
-            client.offer(protocol.history_frame(history, more))
-            n_history = len(history)
+            finally:
+                for read in (latest_read, history_read):
+                    if not read.done():
+                        read.cancel()
+                    elif not read.cancelled():
+                        read.exception()  # retrieved: the other read's error was answered
+            client.offer(history)
             # This frame lives as long as the connection: do not keep up to 1,000 messages.
             del history
             room.go_live(client, last)
@@ -146,6 +156,16 @@ class Connections:
                                             "room": client.room, "code": client.close_code,
                                             "migrated": client.migrated})
                 self.spawn(self._cleanup(client.room if live else None, record))
+
+    @staticmethod
+    async def _history(room: Room, since: int | None) -> tuple[str, int, int]:
+        await room.ensure_initialised()
+        return await room.join_history(since)
+
+    def _join_unavailable(self, error: StoreUnavailable) -> None:
+        log.warning("join_unavailable", extra={"event": "join_unavailable",
+                                               "error": str(error)})
+        self.metrics.errors.inc(ErrorCode.UNAVAILABLE.value)
 
     async def _read(self, ws: LeanWebsocket, client: Client) -> None:
         reader = Reader(self, client)

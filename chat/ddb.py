@@ -252,6 +252,9 @@ class DynamoDB:
     async def query(self, **params: Any) -> dict[str, Any]:
         return await self.call("Query", params)
 
+    async def batch_write_item(self, **params: Any) -> dict[str, Any]:
+        return await self.call("BatchWriteItem", params)
+
     async def _frozen(self) -> Any:
         if self._static is not None:
             return self._static

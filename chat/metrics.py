@@ -114,15 +114,19 @@ class Metrics:
         self.delivery_latency = Histogram("chat_delivery_latency_seconds",
                                           "Message ts to queued to the local client")
         self.draining = Gauge("chat_draining", "1 while this instance drains")
+        self.histories = Counter("chat_histories_total",
+                                 "Joins' history frames, by where they were read from", "source")
         # Series the canary gate divides by exist from the start.
         self.sends.values.update(ok=0.0, error=0.0)
         self.http.values.update({"2xx": 0.0, "5xx": 0.0})
         self.errors.values.update({code.value: 0.0 for code in ErrorCode})
+        self.histories.values.update(memory=0.0, store=0.0)
 
     def render(self) -> str:
         lines: list[str] = []
         for metric in (self.connections, self.handshakes, self.sends, self.messages_out,
                        self.errors, self.http, self.http_client_faults, self.ack_latency,
-                       self.store_latency, self.delivery_latency, self.draining):
+                       self.store_latency, self.delivery_latency, self.draining,
+                       self.histories):
             lines.extend(metric.render(self.base))
         return "\n".join(lines) + "\n"

@@ -225,6 +225,13 @@ def history_frame(messages: list[dict[str, Any]], more: bool = False) -> str:
     return encode({"type": "history", "messages": messages, "more": more})
 
 
+def history_frame_of(frames: list[str], more: bool = False) -> str:
+    """history_frame() of messages already encoded (each `encode(message)`): the same text,
+    without decoding and encoding them again."""
+    tail = '],"more":true}' if more else '],"more":false}'
+    return '{"type":"history","messages":[' + ",".join(frames) + tail
+
+
 def presence_frame(by_color: Mapping[str, int]) -> str:
     return encode({"type": "presence", "online": sum(by_color.values()),
                    "by_color": dict(sorted(by_color.items()))})

@@ -10,6 +10,11 @@ every client's transport (or its bounded backlog while the transport pushes back
 client that falls behind is closed with 1013 instead of slowing anyone else down. A large
 room writes at most once per CHAT_FLUSH_INTERVAL to each client, several messages per
 write (`Room._deliver`): a write costs the kernel about the same for one frame as for ten.
+
+A room also keeps the tail of what it has passed (CHAT_HISTORY_MEMORY numbers, messages and
+void numbers), so most joins get their history from memory instead of a DynamoDB Query
+(`Room.join_history`); DynamoDB stays the source of truth: a message reaches a room only
+after its durable write, and the tail starts from a read of the store.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 from . import protocol
@@ -31,6 +37,12 @@ from .ws import Transport, text_frame
 log = logging.getLogger("chat.rooms")
 
 PRESENCE_COALESCE = 0.25  # seconds: presence frames at most ~4 per second per room
+# A room's tail holds at most this many characters of message frames, whatever
+# CHAT_HISTORY_MEMORY says: 1,000 typical messages fit (~250 characters each), while a
+# room filled with 2,000-character messages keeps only its last ~130 (the rest of a
+# history reads the store), so a few connections cannot make each room they join cost
+# megabytes.
+TAIL_CHARS_MAX = 256 * 1024
 
 
 class Client:
@@ -186,6 +198,13 @@ class Room:
         self._gap_task: asyncio.Task[None] | None = None
         self._presence_task: asyncio.Task[None] | None = None
         self.last_presence: str | None = None
+        # The last numbers this room passed (every seq < next_seq, in order, without a hole:
+        # (seq, message frame), the frame None for a void or skipped number), at most
+        # CHAT_HISTORY_MEMORY of them, TAIL_CHARS_MAX characters of frames; None with the
+        # memory off. It covers next_seq - len(tail) .. next_seq - 1.
+        self.tail: deque[tuple[int, str | None]] | None = (
+            deque() if rooms.config.history_memory > 0 else None)
+        self.tail_chars = 0
 
     # --- ordered delivery ---
 
@@ -199,13 +218,29 @@ class Room:
 
     def _advance(self) -> None:
         assert self.next_seq is not None
+        tail = self.tail
         while self.next_seq in self.pending:
             entry = self.pending.pop(self.next_seq)
             if entry is not None:
                 self._deliver(self.next_seq, *entry)
+            if tail is not None:  # passed now, flushed or not: joins from now cover it
+                self._remember(self.next_seq, entry[0] if entry is not None else None)
             self.next_seq += 1
         if self.pending and (self._gap_task is None or self._gap_task.done()):
             self._gap_task = asyncio.create_task(self._fill_gap(), name=f"gap-{self.name}")
+
+    def _remember(self, seq: int, frame: str | None) -> None:
+        """Append a passed number to the tail, dropping its oldest beyond the bounds."""
+        tail = self.tail
+        assert tail is not None
+        tail.append((seq, frame))
+        if frame is not None:
+            self.tail_chars += len(frame)
+        limit = self.rooms.config.history_memory
+        while len(tail) > limit or self.tail_chars > TAIL_CHARS_MAX:
+            _, old = tail.popleft()
+            if old is not None:
+                self.tail_chars -= len(old)
 
     def _deliver(self, seq: int, frame: str, ts: int) -> None:
         """Deliver at the next flush, with whatever else became due before it.
@@ -330,7 +365,8 @@ class Room:
     # --- joining ---
 
     async def history(self, since: int | None) -> tuple[list[Message], int, bool]:
-        """History for a joining client: (messages, last seq covered, more after that).
+        """History for a joining client from the store: (messages, last seq covered, more
+        after that).
 
         The client is in the room (its live frames buffered) before this reads the store,
         so every number from the room's next one on reaches it from its buffer. History
@@ -342,30 +378,81 @@ class Room:
         always is one, so waiting would make every join wait gap_skip while hammering the
         store, and a client could churn again before its history came.
         """
+        numbers, end, more = await self._read_history(since)
+        return [m for _, m in numbers if m is not None], end, more
+
+    async def _read_history(self, since: int | None
+                            ) -> tuple[list[tuple[int, Message | None]], int, bool]:
+        """history() with the void numbers: every number it covers, in order, without a
+        hole (from since + 1, or from the first of the latest items without since)."""
         limit = protocol.HISTORY_SINCE_MAX if since is not None else protocol.HISTORY_DEFAULT
         passed = self.next_seq  # every number below it was delivered or skipped here
         entries = await self.rooms.store.entries(self.name, since=since, limit=limit)
-        seqs = [seq for seq, _ in entries]
-        if not seqs:
+        if not entries:
             return [], since or 0, False
-        low = since + 1 if since is not None else seqs[0]
-        messages = [m for _, m in entries if m is not None]
-        end = seqs[-1]
-        if len(seqs) != seqs[-1] - low + 1:
-            have = set(seqs)
-            for seq in range(low, seqs[-1]):
+        low = since + 1 if since is not None else entries[0][0]
+        top = entries[-1][0]
+        end = top
+        numbers = entries
+        if len(entries) != top - low + 1:
+            have = dict(entries)
+            numbers = []
+            for seq in range(low, top + 1):
                 if seq in have:
+                    numbers.append((seq, have[seq]))
                     continue
                 if passed is None or seq >= passed:
                     end = seq - 1  # this one and what follows come from the buffer
                     break
-                msg = await self.rooms.store.fence(self.name, seq)
-                if msg is not None:
-                    messages.append(msg)
-            messages = sorted((m for m in messages if int(m["seq"]) <= end),
-                              key=lambda m: int(m["seq"]))
-        more = since is not None and end == seqs[-1] and len(entries) >= limit
-        return messages, end, more
+                numbers.append((seq, await self.rooms.store.fence(self.name, seq)))
+        more = since is not None and end == top and len(entries) >= limit
+        return numbers, end, more
+
+    def memory_history(self, since: int | None) -> tuple[list[str], int, bool] | None:
+        """history() from the tail, when the tail covers it: (message frames, last, more),
+        the answer the store gives for the numbers the room has passed; None when the tail
+        does not reach back far enough (the caller reads the store).
+
+        Covered: without `since`, the latest HISTORY_DEFAULT numbers (voids count, as in
+        the store's Query), or the whole room when it is shorter; with `since`, every
+        number after it (at most HISTORY_SINCE_MAX; `more` when that many were there).
+        Numbers the room has not passed come from the joining client's buffer, as after a
+        store read that stopped before a write in flight.
+        """
+        tail, next_seq = self.tail, self.next_seq
+        if tail is None or next_seq is None:
+            return None
+        first = next_seq - len(tail)  # the first number the tail holds (next_seq if empty)
+        if since is None:
+            limit = protocol.HISTORY_DEFAULT
+            if len(tail) < limit and first != 1:
+                return None
+            picked = list(islice(tail, max(0, len(tail) - limit), None))
+            if not picked:
+                return [], 0, False
+            return [f for _, f in picked if f is not None], picked[-1][0], False
+        if since + 1 < first:
+            return None
+        if since + 1 >= next_seq:  # nothing after since has passed here
+            return [], since, False
+        limit = protocol.HISTORY_SINCE_MAX
+        start = since + 1 - first
+        picked = list(islice(tail, start, start + limit))
+        return [f for _, f in picked if f is not None], picked[-1][0], len(picked) >= limit
+
+    async def join_history(self, since: int | None) -> tuple[str, int, int]:
+        """A joining client's `history` frame: (frame, messages in it, last seq covered).
+
+        From memory when the tail covers it (no await between the read and the caller's
+        go_live), else from the store (history())."""
+        found = self.memory_history(since)
+        if found is not None:
+            frames, last, more = found
+            self.rooms.metrics.histories.inc("memory")
+            return protocol.history_frame_of(frames, more), len(frames), last
+        messages, last, more = await self.history(since)
+        self.rooms.metrics.histories.inc("store")
+        return protocol.history_frame(messages, more), len(messages), last
 
     async def ensure_initialised(self) -> None:
         if self.next_seq is not None:
@@ -373,8 +460,11 @@ class Room:
         async with self._init_lock:
             if self.next_seq is not None:
                 return
-            _, last, _ = await self.history(None)
+            numbers, last, _ = await self._read_history(None)
             self.next_seq = last + 1
+            if self.tail is not None:  # the tail starts with what the store has
+                for seq, m in numbers:
+                    self._remember(seq, protocol.encode(m) if m is not None else None)
             for seq in [s for s in self.pending if s < self.next_seq]:
                 del self.pending[seq]
             self._advance()

@@ -18,13 +18,28 @@
   transactions are not thread-safe.)
 - A sequence number whose write failed gets a `void` item where possible, so readers skip
   it at once.
+- User ids come from the `user` counter in blocks (CHAT_USER_ID_BLOCK, default 100): one ADD
+  of n leases the ids v-n+1 .. v to this instance, which hands them to its joins without a
+  round trip. The next block is leased, one ADD at a time, once half of the current one is
+  used. The ADD is atomic across instances, so ids stay unique across instances and
+  restarts; ids leased but never handed out (an instance that stops) are gaps, never reused.
+- Connection records (one per open WebSocket) are put in BatchWriteItems of up to 25: at most
+  RECORD_BATCHES_MAX in flight, the records that come meanwhile wait for the next, so a lone
+  join's record goes out at once and a storm's share requests. UnprocessedItems are sent
+  again with exponential backoff; a record still unprocessed after RECORD_ATTEMPTS fails
+  like a failed PutItem (the connection is served without it).
+- A join's `latest_seq` (welcome's `seq`) is a consistent GetItem of the room's counter,
+  shared by the concurrent joins of the room: a join shares only a read that starts after
+  it asked (the one after the read in flight), so its value is never older than its request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
+from collections import deque
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +62,10 @@ VOID_GRACE_SECONDS = 2.0  # close() waits this long for the voids in flight
 # the pages cover shortens the answer instead of reading the table without end.
 MESSAGES_MAX_PAGES = 8
 QUERY_LIMIT_MAX = 1000  # the largest page messages_page() asks for
+RECORD_BATCH = 25  # BatchWriteItem's limit: at most 25 put or delete requests per call
+RECORD_BATCHES_MAX = 2  # connection-record BatchWriteItems in flight at once
+RECORD_ATTEMPTS = 5  # sends of a record DynamoDB leaves unprocessed, the first included
+RECORD_BACKOFF = 0.05  # seconds before the first resend of unprocessed records; doubles
 
 
 class StoreUnavailable(Exception):
@@ -109,6 +128,17 @@ class MessageStore:
         # issues that counter's ADDs while anyone waits (none for an idle counter)
         self._waiting: dict[str, list[_Waiter]] = {}
         self._adders: dict[str, asyncio.Task[None]] = {}
+        # user ids leased from the `user` counter and not handed out yet, in order, and the
+        # lease (ADD) in flight, if any: one at a time, shared by every join waiting for it
+        self._user_ids: deque[range] = deque()
+        self._user_lease: asyncio.Task[None] | None = None
+        # the latest_seq coalescer: per room, the joins waiting for the next read, and the
+        # task that issues the room's reads while anyone waits (none for an idle room)
+        self._seq_waiting: dict[str, list[asyncio.Future[int]]] = {}
+        self._seq_readers: dict[str, asyncio.Task[None]] = {}
+        # connection records waiting for a BatchWriteItem, and the batches in flight
+        self._records: list[tuple[dict[str, Any], asyncio.Future[str]]] = []
+        self._record_batches: set[asyncio.Task[None]] = set()
         self._closing = False
         self.messages = config.table_messages
         self.connections = config.table_connections
@@ -136,15 +166,25 @@ class MessageStore:
             connect_timeout=2, read_timeout=5, max_attempts=2, max_connections=50))
 
     async def close(self) -> None:
-        # No task outlives the store: the batched ADDs in flight are cancelled (their
-        # waiters fail with StoreUnavailable, as a send whose ADD timed out), then the voids
+        # No task outlives the store: the batched ADDs, the latest-seq reads, the user-id
+        # lease and the connection-record batches in flight are cancelled (their waiters
+        # fail with StoreUnavailable, as a send whose ADD timed out; a record left unwritten
+        # or undeleted expires by its TTL), then the voids
         # already started get up to VOID_GRACE_SECONDS to land before the client closes (a
         # number left unvoided is fenced by the rooms after gap_skip, as after a crash).
         self._closing = True
         adders = list(self._adders.values())
+        adders.extend(self._seq_readers.values())
+        adders.extend(self._record_batches)
+        if self._user_lease is not None:
+            adders.append(self._user_lease)
         for task in adders:
             task.cancel()
         await asyncio.gather(*adders, return_exceptions=True)
+        records, self._records = self._records, []
+        for _, future in records:
+            if not future.done():
+                future.set_exception(StoreUnavailable("the store is closing"))
         if self._voiding:
             await asyncio.wait(list(self._voiding), timeout=VOID_GRACE_SECONDS)
             pending = list(self._voiding)
@@ -269,10 +309,101 @@ class MessageStore:
         task.add_done_callback(self._voiding.discard)
 
     async def next_user_id(self) -> int:
-        return await self._number("user")
+        """A user id no other connection of any instance gets (CHAT_USER_ID_BLOCK).
+
+        From the block this instance leased: no round trip, except while no leased id is
+        left (the first join, or a storm faster than a lease): then the join waits for the
+        lease in flight, which every waiting join shares. With a block of 1: one id per
+        ADD, the ADDs of concurrent joins coalesced like sends' (CHAT_SEQ_BATCH)."""
+        block = self.config.user_id_block
+        if block <= 1:
+            return await self._number("user")
+        while True:
+            if self._closing:
+                raise StoreUnavailable("the store is closing")
+            ids = self._user_ids
+            if ids:
+                first = ids[0]
+                if len(first) > 1:
+                    ids[0] = first[1:]
+                else:
+                    ids.popleft()
+                if sum(map(len, ids)) < block // 2:
+                    self._lease_user_ids()  # before the block runs out
+                return first.start
+            # nothing leased: wait for the lease in flight (shielded: a join that gives up
+            # does not cancel the others' lease); if it failed, every waiter fails with it
+            lease = self._lease_user_ids()
+            try:
+                await asyncio.shield(lease)
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if lease.cancelled() and me is not None and not me.cancelling():
+                    raise StoreUnavailable("the store is closing") from None  # close()
+                raise
+
+    def _lease_user_ids(self) -> asyncio.Task[None]:
+        """The lease in flight, or a new one: one ADD of CHAT_USER_ID_BLOCK ids."""
+        task = self._user_lease
+        if task is None:
+            task = self._user_lease = asyncio.get_running_loop().create_task(
+                self._lease(self.config.user_id_block), name="user-id-lease")
+            task.add_done_callback(self._leased)
+        return task
+
+    async def _lease(self, n: int) -> None:
+        top = await self._add("user", n)
+        self._user_ids.append(range(top - n + 1, top + 1))
+
+    def _leased(self, task: asyncio.Task[None]) -> None:
+        self._user_lease = None
+        if not task.cancelled():
+            task.exception()  # a failed prefetch nobody waited for: the next join retries
 
     async def latest_seq(self, room: str) -> int:
-        """The last sequence number assigned in the room (0 for a new room)."""
+        """The last sequence number assigned in the room (0 for a new room), as a
+        consistent read that started after this call: every number assigned before the
+        call is counted. Concurrent callers of a room share the next such read."""
+        if self._closing:
+            raise StoreUnavailable("the store is closing")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._seq_waiting.setdefault(room, []).append(future)
+        if room not in self._seq_readers:  # an idle room: its read goes out now
+            self._seq_readers[room] = loop.create_task(self._run_seq_reads(room),
+                                                       name=f"latest-seq-{room}")
+        return await future
+
+    async def _run_seq_reads(self, room: str) -> None:
+        """Read the room's counter while callers wait: each read answers the callers that
+        asked before it started; those who ask while it is in flight wait for the next."""
+        batch: list[asyncio.Future[int]] = []
+        try:
+            while True:
+                batch = [f for f in self._seq_waiting.pop(room, ()) if not f.done()]
+                if not batch:  # idle again; no await since the check: nobody slips by
+                    return
+                try:
+                    value = await self._read_latest_seq(room)
+                except Exception as e:  # every caller of this read gets it
+                    for f in batch:
+                        if not f.done():
+                            f.set_exception(e)
+                    batch = []
+                    continue
+                for f in batch:
+                    if not f.done():
+                        f.set_result(value)
+                batch = []
+        finally:
+            if self._seq_readers.get(room) is asyncio.current_task():
+                del self._seq_readers[room]
+            # cancelled (the store closes): nobody may wait for a read that will not come
+            for f in batch + self._seq_waiting.pop(room, []):
+                if not f.done():
+                    f.set_exception(StoreUnavailable("the store is closing"))
+
+    async def _read_latest_seq(self, room: str) -> int:
         r = await self._call("get_item", TableName=self.counters,
                              Key={"name": {"S": f"room#{room}"}}, ConsistentRead=True)
         item = r.get("Item")
@@ -510,14 +641,69 @@ class MessageStore:
 
     async def add_connection(self, *, user_id: int, room: str, instance: str, color: str,
                              version: str) -> str:
+        """Put the connection's record (in a batch with the concurrent ones); its id."""
+        if self._closing:
+            raise StoreUnavailable("the store is closing")
         connection_id = uuid.uuid4().hex
         now = int(time.time())
-        await self._call("put_item", TableName=self.connections, Item={
+        item = {
             "connection_id": {"S": connection_id}, "user_id": {"N": str(user_id)},
             "room": {"S": room}, "instance": {"S": instance}, "color": {"S": color},
             "version": {"S": version}, "connected_at": {"N": str(_now_ms())},
-            TTL_ATTRIBUTE: {"N": str(now + CONNECTION_TTL_SECONDS)}})
-        return connection_id
+            TTL_ATTRIBUTE: {"N": str(now + CONNECTION_TTL_SECONDS)}}
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._records.append((item, future))
+        self._send_records()
+        return await future
+
+    def _send_records(self) -> None:
+        """Start a BatchWriteItem of the waiting records while fewer than
+        RECORD_BATCHES_MAX are in flight."""
+        while self._records and len(self._record_batches) < RECORD_BATCHES_MAX:
+            batch = self._records[:RECORD_BATCH]
+            del self._records[:RECORD_BATCH]
+            task = asyncio.get_running_loop().create_task(self._write_records(batch),
+                                                          name="connection-records")
+            self._record_batches.add(task)
+            task.add_done_callback(self._records_written)
+
+    def _records_written(self, task: asyncio.Task[None]) -> None:
+        self._record_batches.discard(task)
+        if not self._closing:
+            self._send_records()
+
+    async def _write_records(self, batch: list[tuple[dict[str, Any], asyncio.Future[str]]]
+                             ) -> None:
+        requests = [{"PutRequest": {"Item": item}} for item, _ in batch]
+        failed: BaseException | None = None
+        try:
+            delay = RECORD_BACKOFF
+            for attempt in range(RECORD_ATTEMPTS):
+                if attempt:  # DynamoDB asks to back off exponentially before a resend
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                    delay *= 2
+                r = await self._call("batch_write_item",
+                                     RequestItems={self.connections: requests})
+                requests = r.get("UnprocessedItems", {}).get(self.connections, [])
+                if not requests:
+                    break
+        except BaseException as e:
+            failed = e
+            raise
+        finally:
+            left = {req["PutRequest"]["Item"]["connection_id"]["S"] for req in requests}
+            for item, future in batch:
+                if future.done():
+                    continue
+                connection_id = item["connection_id"]["S"]
+                if failed is not None:
+                    future.set_exception(failed if isinstance(failed, StoreUnavailable)
+                                         else StoreUnavailable(f"batch_write_item: {failed!r}"))
+                elif connection_id in left:
+                    future.set_exception(StoreUnavailable(
+                        f"batch_write_item: still unprocessed after {RECORD_ATTEMPTS} tries"))
+                else:
+                    future.set_result(connection_id)
 
     async def remove_connection(self, connection_id: str) -> None:
         await self._call("delete_item", TableName=self.connections,
