@@ -80,16 +80,20 @@ function parseArgs(argv) {
 
 const now = () => performance.timeOrigin + performance.now(); // epoch ms, sub-ms
 
-// Latency histogram: 0.1 ms buckets up to 60 s.
+// Latency histogram: `perMs` buckets a millisecond (0.1 ms by default) up to `maxMs`
+// (60 s); a value above it counts as `maxMs`.
 class Hist {
-  constructor() { this.b = new Uint32Array(600001); this.n = 0; }
-  add(ms) { let i = Math.round(ms * 10); if (i < 0) i = 0; if (i > 600000) i = 600000; this.b[i]++; this.n++; }
+  constructor(maxMs = 60000, perMs = 10) {
+    this.perMs = perMs; this.top = maxMs * perMs;
+    this.b = new Uint32Array(this.top + 1); this.n = 0;
+  }
+  add(ms) { let i = Math.round(ms * this.perMs); if (i < 0) i = 0; if (i > this.top) i = this.top; this.b[i]++; this.n++; }
   pct(p) {
     if (!this.n) return null;
     const target = Math.ceil(this.n * p);
     let run = 0;
-    for (let i = 0; i < this.b.length; i++) { run += this.b[i]; if (run >= target) return i / 10; }
-    return 60000;
+    for (let i = 0; i < this.b.length; i++) { run += this.b[i]; if (run >= target) return i / this.perMs; }
+    return this.top / this.perMs;
   }
   summary() { return { p50: this.pct(0.5), p95: this.pct(0.95), p99: this.pct(0.99), n: this.n }; }
 }
@@ -335,8 +339,9 @@ const storm = {
   duplicated: 0, repeats: 0, beforeSince: 0, gaps: 0, overlap: 0,
   historyMore: 0, skipped: 0, resent: 0,
 };
-const backMs = new Hist();      // trigger -> back, per client
-const reconnectMs = new Hist(); // the client's own start (its migrate, or its close) -> back
+// 1 ms buckets, up to the storm's timeout
+const backMs = new Hist(a.stormTimeout * 1000, 1);      // trigger -> back, per client
+const reconnectMs = new Hist(a.stormTimeout * 1000, 1); // own start (migrate, close) -> back
 
 function reasonOf(e) {
   const m = /Unexpected server response: (\d+)/.exec(e && e.message ? e.message : "");
