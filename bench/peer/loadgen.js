@@ -611,7 +611,7 @@ async function stormMain() {
   const sendStart = now();
   const sendLoop = new Promise((resolve) => {
     const tick = () => {
-      if (!sending) { resolve(); return; }
+      if (!sending || nextIdx >= MAXMSG) { resolve(); return; } // (arrays sized for the run)
       const due = Math.floor((now() - sendStart) * a.stormRate / 1000) + 1;
       while (k < due && nextIdx < MAXMSG) {
         const u = senders[k % senders.length];
