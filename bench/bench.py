@@ -11,8 +11,17 @@ each round of a system runs, on fresh server processes:
   ladder   1,000 users in one room, direct to the two processes, rising send rates until
            p99 (send -> receive) >= 250 ms or anything is lost; server CPU per delivery
   memory   2,500 idle connections: RSS delta of both server processes / connections
+  storm    1,000 clients (direct to the processes) reconnect at one moment while 10 of
+           them send 5 msg/s in all: time from the trigger until the last client is back
+           (ours: its new connection's history; the peer: Socket.IO's connect), per-client
+           reconnect times, failed attempts, and that nothing was lost or repeated.
+           Triggers: `drain` (ours only, the issue's storm: all clients on blue,
+           POST /api/admin/drain {"color": "blue"}, clients follow `migrate` to green with
+           since) and `all` (both: every client closes and reconnects at once, ours with
+           since). Goal: every client back with its history, nothing lost, in <= 15 s.
 
-The same Node load generator (bench/peer/loadgen.js) drives both, and reports its own CPU.
+--quick keeps the storms at 1,000 clients. The same Node load generator
+(bench/peer/loadgen.js) drives both, and reports its own CPU.
 Results go to docs/benchmarks.md (section "Fan-out vs Socket.IO") and to stdout.
 """
 
@@ -25,6 +34,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import socket
 import statistics
@@ -46,6 +56,11 @@ OURS, PEER_NAME = "ours", "socket.io"
 CPU_RATE = 30  # msg/s at 1,000 clients where CPU per delivery and latency are compared
 LADDER = [20, CPU_RATE, 40, 50, 60, 80, 100, 120, 160, 200, 240, 280, 320, 360, 400]  # msg/s
 UNPACED = {"CHAT_FLUSH_INTERVAL": "0"}  # ours without the paced flush of large rooms
+STORM_USERS = 1000  # clients of the reconnect storm, in --quick too
+STORM_GOAL_S = 15.0  # every client back with its history, nothing lost, within this
+STORM_DRAIN_SECONDS = 10  # the drain's window (CHAT_DRAIN_SECONDS, the chat's default)
+STORM_RATE, STORM_SENDERS = 5, 10  # msg/s in all, and how many clients send them
+STORM_TIMEOUT = 180  # s from the trigger: a storm that is not over by then is reported so
 
 
 def log(msg: str) -> None:
@@ -222,7 +237,14 @@ def loadgen(system: str, urls: list[str], users: int, rates: list[int], *, pids:
         argv += ["--url", u]
     if hold:
         argv.append("--hold")
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    return run_loadgen(argv, timeout)
+
+
+def run_loadgen(argv: list[str], timeout: float,
+                env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run the Node load generator; its last JSON line on stdout is the report."""
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
+                          env={**os.environ, **(env or {})})
     for line in proc.stderr.splitlines():
         log(f"  {line}")
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -276,9 +298,49 @@ def memory(sitting: Sitting, system: str, pids: list[int], n: int, room: str) ->
             final.get("unexpected_closes", 0)}
 
 
+def storm(sitting: Sitting, system: str, trigger: str, room: str) -> dict[str, Any]:
+    """The reconnect storm of STORM_USERS clients (loadgen.js --storm), on fresh processes.
+
+    drain (ours): every client on blue, green up; the generator calls blue's
+    POST /api/admin/drain {"color": "blue"} (bearer token: the bench's own, random) and the
+    clients follow `migrate` to green. all: clients alternate between the two processes,
+    and every one closes and reconnects at once.
+    """
+    token = secrets.token_hex(16)
+    extra = ({"CHAT_ADMIN_TOKEN": token, "CHAT_DRAIN_SECONDS": str(STORM_DRAIN_SECONDS)}
+             if system == OURS else None)
+    procs = sitting.start_system(system, extra)
+    try:
+        argv = ["node", str(PEER / "loadgen.js"), "--proto", "chat" if system == OURS else "sio",
+                "--storm", trigger, "--users", str(STORM_USERS), "--room", room,
+                "--storm-rate", str(STORM_RATE), "--storm-senders", str(STORM_SENDERS),
+                "--storm-timeout", str(STORM_TIMEOUT), "--drain", "10",
+                "--pids", ",".join(str(p.pid) for p in procs)]
+        urls = sitting.urls(system, via_lb=False)
+        if trigger == "drain":
+            argv += ["--url", urls[0], "--migrate-url", urls[1], "--drain-color", "blue",
+                     "--drain-url", f"http://127.0.0.1:{sitting.ports['blue']}/api/admin/drain"]
+        else:
+            for u in urls:
+                argv += ["--url", u]
+        return run_loadgen(argv, STORM_TIMEOUT * 2 + 60, env={"BENCH_ADMIN_TOKEN": token})
+    finally:
+        sitting.p.stop(procs)
+
+
+def storms(sitting: Sitting, system: str, rnd: int, stamp: str) -> dict[str, Any]:
+    out = {}
+    for trigger in ("drain", "all") if system == OURS else ("all",):
+        log(f"{system} round {rnd}: reconnect storm of {STORM_USERS} clients, {trigger}")
+        out[trigger] = storm(sitting, system, trigger, room=f"storm-{trigger}-{stamp}")
+    return out
+
+
 def run_round(sitting: Sitting, system: str, quick: bool, rnd: int,
-              rates: list[int] | None = None) -> dict[str, Any]:
+              rates: list[int] | None = None, storms_only: bool = False) -> dict[str, Any]:
     stamp = f"{system.replace('.', '')}-{rnd}-{int(time.time())}"
+    if storms_only:  # development: the storms alone
+        return {"system": system, "round": rnd, "storm": storms(sitting, system, rnd, stamp)}
     procs = sitting.start_system(system)
     pids = [p.pid for p in procs]
     try:
@@ -314,7 +376,8 @@ def run_round(sitting: Sitting, system: str, quick: bool, rnd: int,
     finally:
         sitting.p.stop(procs)
     return {"system": system, "round": rnd, "demo": demo, "ladder": ladder, "memory": mem,
-            "store_latency": store, "unpaced": unpaced}
+            "store_latency": store, "unpaced": unpaced,
+            "storm": storms(sitting, system, rnd, stamp)}
 
 
 def store_latency(sitting: Sitting) -> dict[str, Any]:
@@ -345,7 +408,16 @@ def sustained(ladder: dict[str, Any]) -> int:
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for system in (OURS, PEER_NAME):
-        rs = [r for r in rounds if r["system"] == system]
+        every = [r for r in rounds if r["system"] == system]
+        if not every:
+            continue
+        out[system] = {
+            "storm_drain": storm_summary([r["storm"]["drain"] for r in every
+                                          if "drain" in r.get("storm", {})]),
+            "storm_all": storm_summary([r["storm"]["all"] for r in every
+                                        if "all" in r.get("storm", {})]),
+        }
+        rs = [r for r in every if "ladder" in r]  # --storms-only rounds have nothing else
         if not rs:
             continue
         cpu = [_step(r["ladder"], CPU_RATE) for r in rs]
@@ -355,7 +427,7 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         demo_steps = [r["demo"]["steps"][0] for r in rs if r["demo"].get("steps")]
         unpaced = [_step(r["unpaced"], CPU_RATE) for r in rs if r.get("unpaced")]
         unpaced_ok = [s for s in unpaced if s]
-        out[system] = {
+        out[system] |= {
             "rounds": len(rs),
             "cpu_us": med([s["server_cpu_us_per_delivery"] for s in cpu_ok]) if cpu_ok else None,
             "loadgen_cpu_us": med([s["loadgen_cpu_us_per_delivery"] for s in cpu_ok])
@@ -380,6 +452,84 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "connect_p99": med([r["ladder"]["connect_ms"]["p99"] for r in rs]),
         }
     return out
+
+
+def storm_summary(reps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One storm trigger over the rounds: the worst round's time decides the goal."""
+    if not reps:
+        return None
+
+    def back_s(r: dict[str, Any]) -> float | None:
+        ms = r.get("all_back_ms")
+        return None if ms is None else ms / 1000
+
+    def p(key: str, q: str) -> float | None:
+        vals = [r[key][q] for r in reps if r.get(key) and r[key].get(q) is not None]
+        return statistics.median(vals) if vals else None
+
+    each = [back_s(r) for r in reps]
+    missing = [r.get("seq_missing") for r in reps]
+    return {
+        "rounds": len(reps),
+        "each": each,
+        "time_s": None if None in each else max(t for t in each if t is not None),
+        "members": min(int(r.get("members", 0)) for r in reps),
+        "not_back": max(int(r.get("not_back", r.get("members", STORM_USERS))) for r in reps),
+        "errors": [r["error"] for r in reps if r.get("error")],
+        "reconnect": {q: p("reconnect_ms", q) for q in ("p50", "p99")},
+        "failed_each": [r.get("failed_attempts") for r in reps],
+        "sent": sum(int(r.get("sent", 0)) for r in reps),
+        "lost": sum(int(r.get("lost", 0)) for r in reps),
+        # the same message twice to a client, a seq twice on a connection, or before since
+        "duplicated": sum(int(r.get("duplicated", 0)) + int(r.get("out_of_order", 0))
+                          + int(r.get("before_since", 0)) for r in reps),
+        # chat: stored seqs a client never got (None: the peer, or the check failed)
+        "seq_missing": None if None in missing else sum(missing),
+        "cpu_s": statistics.median([sum(r.get("server_cpu_s", [0.0])) for r in reps]),
+    }
+
+
+def storm_goal(s: dict[str, Any] | None) -> str:
+    """met/missed for STORM_GOAL_S: all back, nothing lost, and by how much."""
+    if not s or s["errors"]:
+        return "n/a"
+    if s["time_s"] is None:
+        return (f"**not met** ({s['not_back']} of {s['members']} not back "
+                f"{STORM_TIMEOUT} s after the trigger)")
+    bad = s["lost"] + s["duplicated"] + (s["seq_missing"] or 0)
+    if bad:
+        return f"**not met** ({bad} lost or repeated)"
+    gap = s["time_s"] - STORM_GOAL_S
+    if gap > 0:
+        return f"**not met** (by {gap:.1f} s)"
+    return f"met ({-gap:.1f} s to spare)"
+
+
+def storm_time(s: dict[str, Any] | None) -> str:
+    """Worst round (every round): s, or how many were still out at the timeout."""
+    if not s:
+        return "n/a"
+    if s["errors"]:
+        return "failed: " + "; ".join(s["errors"])
+    each = ", ".join(_f(t) if t is not None else f"> {STORM_TIMEOUT}" for t in s["each"])
+    worst = (_f(s["time_s"]) if s["time_s"] is not None
+             else f"> {STORM_TIMEOUT} ({s['not_back']} of {s['members']} not back)")
+    return f"{worst} ({each})"
+
+
+def storm_client(s: dict[str, Any] | None) -> str:
+    if not s or s["errors"]:
+        return "n/a"
+    failed = ", ".join(str(f) for f in s["failed_each"])
+    return (f"{_f(s['reconnect']['p50'], '{:.0f}')} / {_f(s['reconnect']['p99'], '{:.0f}')}; "
+            f"{failed}")
+
+
+def storm_msgs(s: dict[str, Any] | None) -> str:
+    if not s or s["errors"]:
+        return "n/a"
+    missing = "" if s["seq_missing"] is None else f", {s['seq_missing']}"
+    return f"{s['sent']}: {s['lost']}, {s['duplicated']}{missing}"
 
 
 def pct(steps: list[dict[str, Any]], key: str, p: str) -> float | None:
@@ -476,6 +626,36 @@ def table(summary: dict[str, dict[str, Any]], quick: bool, started: str,
          f"{o.get('demo_lost', 'n/a')}, {o.get('k1_lost', 'n/a')}",
          f"{p.get('demo_lost', 'n/a')}, {p.get('k1_lost', 'n/a')}", "", "0", ""),
     ]
+    od, oa, pa = o.get("storm_drain"), o.get("storm_all"), p.get("storm_all")
+
+    def cpu_s(s: dict[str, Any] | None) -> str:
+        return "n/a" if not s or s["errors"] else _f(s["cpu_s"])
+
+    rows += [
+        (f"Reconnect storm, drain: {STORM_USERS:,} clients all on blue, blue drained (migrate "
+         f"spread over 80 % of a {STORM_DRAIN_SECONDS} s window; each client opens green with "
+         "since, then closes blue); from the drain call until every client is on green with "
+         "its history, s (worst round; per round)",
+         storm_time(od), "no drain (its reconnect: next row)", "",
+         f"≤ {STORM_GOAL_S:.0f} s, nothing lost", storm_goal(od)),
+        ("… per client: migrate → history on green p50 / p99, ms; failed attempts (per round)",
+         storm_client(od), "", "", "", ""),
+        (f"Reconnect storm, all at once: each of {STORM_USERS:,} clients (on both processes) "
+         "closes and reconnects at one instant (ours with since); until the last is back "
+         "(ours: history; the peer: connect), s (worst round; per round)",
+         storm_time(oa), storm_time(pa),
+         ratio(oa["time_s"] if oa else None, pa["time_s"] if pa else None),
+         f"ours ≤ {STORM_GOAL_S:.0f} s", storm_goal(oa)),
+        ("… per client: close → back p50 / p99, ms; failed attempts (per round)",
+         storm_client(oa), storm_client(pa), "", "", ""),
+        (f"Storm messages ({STORM_RATE} msg/s from {STORM_SENDERS} of the clients, from 2 s "
+         "before the trigger to 2 s after the last is back) sent: lost, duplicated (per client "
+         "and message), ours also stored seqs a client missed; drain; all. The peer has no "
+         "resume: what it sends while a client reconnects is lost to that client",
+         f"{storm_msgs(od)}; {storm_msgs(oa)}", storm_msgs(pa), "", "0", ""),
+        ("Server CPU from the trigger until the last client is back, s (both processes); "
+         "drain; all", f"{cpu_s(od)}; {cpu_s(oa)}", cpu_s(pa), "", "", ""),
+    ]
     head = ["| measure | ours (Sanic, blue+green, DynamoDB path) | Socket.IO 4.8 + Redis adapter "
             "(2 processes) | ours ÷ peer | goal | |", "|---|---|---|---|---|---|"]
     body = [f"| {' | '.join(r)} |" for r in rows]
@@ -484,7 +664,8 @@ def table(summary: dict[str, dict[str, Any]], quick: bool, started: str,
             f"{machine()}. Load average at the start: {load}."]
     if quick:
         meta.append("Quick mode: fewer rates, shorter windows, and memory at 1,000 (not "
-                    "2,500) connections.")
+                    f"2,500) connections; the storms at {STORM_USERS:,} clients as in the full "
+                    "sitting.")
     return "\n".join([*meta, "", *head, *body])
 
 
@@ -527,6 +708,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default="", help="also write every raw report to this file")
     ap.add_argument("--from-json", default="", help="render the table from a --json file of "
                     "an earlier sitting instead of running one")
+    ap.add_argument("--storms-only", action="store_true", help="run only the reconnect "
+                    "storms; for development: never written to the docs")
     ap.add_argument("--systems", default=f"{OURS},{PEER_NAME}",
                     help=f"comma list of systems to run (default {OURS},{PEER_NAME}); one "
                          "system alone is for development, its table has no ratios")
@@ -537,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     rates = sorted({int(r) for r in args.rates.split(",") if r.strip()})
     if rates and CPU_RATE not in rates:
         ap.error(f"--rates must include the CPU step's rate, {CPU_RATE}")
-    if len(systems) < 2 or rates:
+    if len(systems) < 2 or rates or args.storms_only:
         args.no_write = True  # docs/benchmarks.md only ever holds side-by-side sittings
     rounds = args.rounds or (1 if args.quick else 2)
     if args.from_json:
@@ -552,7 +735,8 @@ def main(argv: list[str] | None = None) -> int:
         with sitting_up() as sitting:
             for rnd in range(1, rounds + 1):
                 for system in systems:
-                    results.append(run_round(sitting, system, args.quick, rnd, rates))
+                    results.append(run_round(sitting, system, args.quick, rnd, rates,
+                                             storms_only=args.storms_only))
         meta["wall_s"] = round(time.monotonic() - t0)
         if args.json:
             Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
