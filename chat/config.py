@@ -73,10 +73,13 @@ class Config:
     client; `botocore`: every call through aioboto3, kept to compare the two],
     CHAT_SEQ_BATCH [50: concurrent sends of one room (and joins) share one counter ADD of up
     to this many numbers; 0 or 1: one ADD per send, no batching],
-    CHAT_FLUSH_INTERVAL [0.1 s: a room with CHAT_FLUSH_MEMBERS or more clients on this
-    instance writes its messages to them at most once per interval, several per write;
-    0: every message at once], CHAT_FLUSH_MEMBERS [200], CHAT_FLUSH_BATCH [8: such a room
-    flushes before the interval ends once this many messages wait],
+    CHAT_FLUSH_INTERVAL [0.1 s: the longest a message of a room with CHAT_FLUSH_MEMBERS
+    or more clients on this instance waits to be written with others; 0: every message at
+    once], CHAT_FLUSH_MEMBERS [200], CHAT_FLUSH_DUTY [0.1: such a room's writes take at
+    most this share of the event loop: after a flush that took c seconds, the next waits
+    until c / duty (at most the interval) has passed since it began; 0: always the whole
+    interval], CHAT_FLUSH_BATCH [8: a waiting flush goes early once this many messages
+    wait],
     CHAT_CLOUDWATCH [0: publish nothing; 1: per-color metrics to CloudWatch, chat/cloudwatch.py],
     CHAT_CLOUDWATCH_NAMESPACE [CanaryChat; with CHAT_CLOUDWATCH unset, setting it turns
     publishing on],
@@ -132,9 +135,11 @@ class Config:
     dynamodb_client: str = "ddb"
     # most sequence numbers (or user ids) one counter ADD takes at once; <= 1: no batching
     seq_batch: int = 50
-    # large rooms: at most one write per client per flush_interval seconds (rooms.Room)
+    # large rooms: messages wait for the next flush while the room's writes would take
+    # more than flush_duty of the loop, at most flush_interval seconds (rooms.Room)
     flush_interval: float = 0.1
     flush_members: int = 200
+    flush_duty: float = 0.1
     flush_batch: int = 8
     # per-color CloudWatch metrics (chat/cloudwatch.py): off unless asked for
     cloudwatch: bool = False
@@ -172,6 +177,8 @@ class Config:
             raise ValueError("CHAT_FLUSH_INTERVAL must be between 0 (off) and 1 second")
         if self.flush_members < 1:
             raise ValueError("CHAT_FLUSH_MEMBERS must be 1 or more")
+        if not 0.0 <= self.flush_duty <= 1.0:
+            raise ValueError("CHAT_FLUSH_DUTY must be between 0 (fixed interval) and 1")
         if self.request_timeout <= 0:
             raise ValueError("CHAT_REQUEST_TIMEOUT must be above 0 seconds")
         if self.rate_strikes < 0 or self.rate_strike_window <= 0:
@@ -235,6 +242,7 @@ class Config:
             seq_batch=_int(env, "CHAT_SEQ_BATCH", 50),
             flush_interval=_float(env, "CHAT_FLUSH_INTERVAL", 0.1),
             flush_members=_int(env, "CHAT_FLUSH_MEMBERS", 200),
+            flush_duty=_float(env, "CHAT_FLUSH_DUTY", 0.1),
             flush_batch=_int(env, "CHAT_FLUSH_BATCH", 8),
             # CHAT_CLOUDWATCH decides when set; unset, a namespace alone turns it on
             cloudwatch=_flag(env, "CHAT_CLOUDWATCH",
