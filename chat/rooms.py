@@ -8,8 +8,9 @@ from the store; a number still missing after `gap_skip` (its write failed) is sk
 Each message is encoded once, to JSON and to WebSocket frame bytes; the same bytes go to
 every client's transport (or its bounded backlog while the transport pushes back), and a
 client that falls behind is closed with 1013 instead of slowing anyone else down. A large
-room writes at most once per CHAT_FLUSH_INTERVAL to each client, several messages per
-write (`Room._deliver`): a write costs the kernel about the same for one frame as for ten.
+room whose writes would take more than CHAT_FLUSH_DUTY of the event loop holds its
+messages for a while (at most CHAT_FLUSH_INTERVAL) and writes several per write
+(`Room._deliver`): a write costs the kernel about the same for one frame as for ten.
 """
 
 from __future__ import annotations
