@@ -77,10 +77,13 @@ class Config:
     answer joins' history without a Query; 0: off; 0-100000],
     CHAT_USER_ID_BLOCK [100: user ids leased per counter ADD, handed to joins without a
     round trip; 1: one ADD per join, concurrent joins sharing it (CHAT_SEQ_BATCH); 1-10000],
-    CHAT_FLUSH_INTERVAL [0.1 s: a room with CHAT_FLUSH_MEMBERS or more clients on this
-    instance writes its messages to them at most once per interval, several per write;
-    0: every message at once], CHAT_FLUSH_MEMBERS [200], CHAT_FLUSH_BATCH [8: such a room
-    flushes before the interval ends once this many messages wait],
+    CHAT_FLUSH_INTERVAL [0.1 s: the longest a message of a room with CHAT_FLUSH_MEMBERS
+    or more clients on this instance waits to be written with others; 0: every message at
+    once], CHAT_FLUSH_MEMBERS [200], CHAT_FLUSH_DUTY [0.25: such a room's writes take at
+    most this share of the event loop: after a flush that took c seconds, the next waits
+    until c / duty (at most the interval) has passed since it began; 0: always the whole
+    interval], CHAT_FLUSH_BATCH [8: a waiting flush goes early once this many messages
+    wait],
     CHAT_CLOUDWATCH [0: publish nothing; 1: per-color metrics to CloudWatch, chat/cloudwatch.py],
     CHAT_CLOUDWATCH_NAMESPACE [CanaryChat; with CHAT_CLOUDWATCH unset, setting it turns
     publishing on],
@@ -140,9 +143,11 @@ class Config:
     user_id_block: int = 100
     # the last numbers a room passed, kept to answer joins' history (rooms.Room.tail); 0: off
     history_memory: int = 1000
-    # large rooms: at most one write per client per flush_interval seconds (rooms.Room)
+    # large rooms: messages wait for the next flush while the room's writes would take
+    # more than flush_duty of the loop, at most flush_interval seconds (rooms.Room)
     flush_interval: float = 0.1
     flush_members: int = 200
+    flush_duty: float = 0.25
     flush_batch: int = 8
     # per-color CloudWatch metrics (chat/cloudwatch.py): off unless asked for
     cloudwatch: bool = False
@@ -184,6 +189,8 @@ class Config:
             raise ValueError("CHAT_USER_ID_BLOCK must be between 1 and 10000")
         if self.flush_members < 1:
             raise ValueError("CHAT_FLUSH_MEMBERS must be 1 or more")
+        if not 0.0 <= self.flush_duty <= 1.0:
+            raise ValueError("CHAT_FLUSH_DUTY must be between 0 (fixed interval) and 1")
         if self.request_timeout <= 0:
             raise ValueError("CHAT_REQUEST_TIMEOUT must be above 0 seconds")
         if self.rate_strikes < 0 or self.rate_strike_window <= 0:
@@ -249,6 +256,7 @@ class Config:
             history_memory=_int(env, "CHAT_HISTORY_MEMORY", 1000),
             flush_interval=_float(env, "CHAT_FLUSH_INTERVAL", 0.1),
             flush_members=_int(env, "CHAT_FLUSH_MEMBERS", 200),
+            flush_duty=_float(env, "CHAT_FLUSH_DUTY", 0.25),
             flush_batch=_int(env, "CHAT_FLUSH_BATCH", 8),
             # CHAT_CLOUDWATCH decides when set; unset, a namespace alone turns it on
             cloudwatch=_flag(env, "CHAT_CLOUDWATCH",

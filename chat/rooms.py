@@ -8,8 +8,9 @@ from the store; a number still missing after `gap_skip` (its write failed) is sk
 Each message is encoded once, to JSON and to WebSocket frame bytes; the same bytes go to
 every client's transport (or its bounded backlog while the transport pushes back), and a
 client that falls behind is closed with 1013 instead of slowing anyone else down. A large
-room writes at most once per CHAT_FLUSH_INTERVAL to each client, several messages per
-write (`Room._deliver`): a write costs the kernel about the same for one frame as for ten.
+room whose writes would take more than CHAT_FLUSH_DUTY of the event loop holds its
+messages for a while (at most CHAT_FLUSH_INTERVAL) and writes several per write
+(`Room._deliver`): a write costs the kernel about the same for one frame as for ten.
 
 A room also keeps the tail of what it has passed (CHAT_HISTORY_MEMORY numbers, messages and
 void numbers), so most joins get their history from memory instead of a DynamoDB Query
@@ -192,8 +193,9 @@ class Room:
         self.next_seq: int | None = None  # next number to deliver; None until initialised
         self.pending: dict[int, tuple[str, int] | None] = {}  # seq -> (frame, ts) | void
         self.outbox: list[tuple[int, str, int]] = []  # in order, due at the next flush
-        self.flushed_at = -1e9  # loop time of the last flush (pacing of large rooms)
-        self._timer: asyncio.TimerHandle | None = None  # a paced flush waiting for its time
+        self.flushed_at = -1e9  # loop time the last flush began
+        self.spacing = 0.0  # seconds after flushed_at before the next flush (`_spacing`)
+        self._timer: asyncio.TimerHandle | None = None  # a flush waiting for its time
         self._init_lock = asyncio.Lock()
         self._gap_task: asyncio.Task[None] | None = None
         self._presence_task: asyncio.Task[None] | None = None
@@ -248,30 +250,29 @@ class Room:
         Messages that become deliverable together (a gap filled from the store, a burst
         read off the bus, a slow moment of the loop) go to each client in one transport
         write instead of one per message: fewer system calls per delivery exactly when
-        the server is busiest. The flush is at the end of this event-loop turn, except in
-        a large room (CHAT_FLUSH_MEMBERS or more clients here): it flushes at most once
-        per CHAT_FLUSH_INTERVAL, so a message that follows a flush by less than that
-        waits for the rest of the interval and goes out with the others that came
-        meanwhile, or as soon as CHAT_FLUSH_BATCH of them wait (a busy room's messages
-        do not all wait out the interval). A message after a quiet spell still goes out
-        at once. A write costs the kernel about as much for one small frame as for
-        several, and a room of hundreds pays it once per client per flush
+        the server is busiest. The flush is at the end of this event-loop turn unless the
+        room is busy: a room with CHAT_FLUSH_MEMBERS or more clients here whose last
+        flush began less than `spacing` ago (`_flush`: its cost divided by
+        CHAT_FLUSH_DUTY, at most CHAT_FLUSH_INTERVAL) waits until then, and goes out with
+        what came meanwhile, or as soon as CHAT_FLUSH_BATCH messages wait. So a room whose
+        writes take a small share of the loop writes each message at once, and one whose
+        writes would take more than that share (many clients, a high rate, a loaded
+        machine) writes several messages per write instead of falling behind. A write
+        costs the kernel about as much for one small frame as for several
         (docs/benchmarks.md).
         """
         outbox = self.outbox
         outbox.append((seq, frame, ts))
         if len(outbox) == 1:
             loop = asyncio.get_running_loop()
-            cfg = self.rooms.config
-            interval = cfg.flush_interval
-            if interval > 0 and len(self.clients) >= cfg.flush_members:
-                due = self.flushed_at + interval
+            if self.spacing > 0:
+                due = self.flushed_at + self.spacing
                 if due > loop.time():
                     self._timer = loop.call_at(due, self._flush)
                     return
             loop.call_soon(self._flush)
         elif len(outbox) == self.rooms.config.flush_batch and self._timer is not None:
-            # enough for one write already: a busy room does not wait out the interval
+            # enough for one write already: a busy room does not wait out the spacing
             self._timer.cancel()
             self._timer = None
             asyncio.get_running_loop().call_soon(self._flush)
@@ -282,6 +283,7 @@ class Room:
         if not batch:
             return
         self.flushed_at = asyncio.get_running_loop().time()
+        started = time.perf_counter()
         wires = [text_frame(f) for _, f, _ in batch]  # once per message
         joined = wires[0] if len(wires) == 1 else b"".join(wires)
         first = batch[0][0]
@@ -296,12 +298,26 @@ class Room:
                 for (s, f, _), w in zip(batch, wires, strict=True):
                     if s > client.floor and client.offer(f, w):
                         n += 1
+        self.spacing = self._spacing(time.perf_counter() - started)
         if n:
             m = self.rooms.metrics
             m.messages_out.inc(by=n)
             now = time.time()
             for _, _, ts in batch:
                 m.delivery_latency.observe(max(0.0, now - ts / 1000))
+
+    def _spacing(self, cost: float) -> float:
+        """Seconds from the start of this flush before the next may start: 0 (the next
+        message goes at once) unless the room has CHAT_FLUSH_MEMBERS or more clients;
+        then cost / CHAT_FLUSH_DUTY, so that its flushes take at most that share of the
+        loop, never more than CHAT_FLUSH_INTERVAL (CHAT_FLUSH_DUTY 0: the interval)."""
+        cfg = self.rooms.config
+        interval = cfg.flush_interval
+        if interval <= 0 or len(self.clients) < cfg.flush_members:
+            return 0.0
+        if cfg.flush_duty <= 0:
+            return interval
+        return min(interval, cost / cfg.flush_duty)
 
     async def _fill_gap(self) -> None:
         cfg = self.rooms.config

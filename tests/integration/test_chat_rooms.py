@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -358,15 +359,32 @@ async def test_messages_due_in_one_loop_turn_reach_each_client_in_one_write(stor
         [m[0] for m in msgs[2:]]
 
 
-async def _paced_room(store, members: int, **cfg: Any) -> tuple[Room, list[FakeWs]]:
-    rooms = make_rooms(store, **cfg)
+async def _paced_room(store, members: int, cost: float = 0.0,
+                      **cfg: Any) -> tuple[Room, list[FakeWs]]:
+    """A room of `members` clients; `cost`: seconds each write takes (a slow kernel).
+    CHAT_FLUSH_DUTY 0 (a fixed interval) unless `cfg` says otherwise."""
+    rooms = make_rooms(store, **{"flush_duty": 0.0, **cfg})
     room = "p-" + uuid.uuid4().hex[:8]
-    sockets = [FakeWs() for _ in range(members)]
+    sockets = [SlowWs(cost) for _ in range(members)]
     r = None
     for ws in sockets:
         _, r = await add_client(rooms, room, ws)
     assert r is not None
     return r, sockets
+
+
+class SlowWs(FakeWs):
+    """A FakeWs whose every write takes `cost` seconds of the loop, as a kernel that
+    needs that long to take the bytes (a large room on a busy machine)."""
+
+    def __init__(self, cost: float) -> None:
+        super().__init__()
+        self.cost = cost
+
+    def write(self, data: bytes) -> bool:
+        if self.cost:
+            time.sleep(self.cost)  # the loop is blocked, as it is while the kernel works
+        return super().write(data)
 
 
 def _writes(ws: FakeWs) -> list[list[int]]:
@@ -436,3 +454,71 @@ async def test_a_paced_room_flushes_early_once_flush_batch_messages_wait(store):
     r.offer(*msgs[4])  # paced again after that flush
     await asyncio.sleep(0.05)
     assert all(len(_writes(ws)) == 2 for ws in sockets)
+
+
+async def test_a_large_room_whose_writes_are_cheap_writes_each_message_at_once(store):
+    # CHAT_FLUSH_DUTY: a room of CHAT_FLUSH_MEMBERS whose flushes take a small share of the
+    # loop is not held back: each message after the last flush's spacing goes at once.
+    r, sockets = await _paced_room(store, 3, flush_interval=1.0, flush_members=3,
+                                   flush_duty=0.5)
+    msgs = [await store_message(store, r.name, f"m{i}") for i in range(3)]
+    for m in msgs:
+        await asyncio.sleep(r.spacing)  # the room is idle again
+        r.offer(*m)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert r.spacing < 1.0  # three cheap writes: far below the interval
+    for ws in sockets:
+        assert _writes(ws) == [[m[0]] for m in msgs]
+
+
+async def test_a_large_room_whose_writes_are_costly_coalesces_in_order(store):
+    # each flush writes to 3 clients at 50 ms each: >= 150 ms of the loop, so with
+    # CHAT_FLUSH_DUTY 0.5 the next flush waits >= 300 ms from the start of the last one
+    r, sockets = await _paced_room(store, 3, cost=0.05, flush_interval=1.0, flush_members=3,
+                                   flush_duty=0.5)
+    msgs = [await store_message(store, r.name, f"m{i}") for i in range(4)]
+    r.offer(*msgs[0])  # after a quiet spell: at once
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert all(_writes(ws) == [[msgs[0][0]]] for ws in sockets)
+    assert r.spacing >= 0.3
+    for m in reversed(msgs[1:]):  # out of order, each in its own turn, while it is busy
+        r.offer(*m)
+        await asyncio.sleep(0)
+    assert all(_writes(ws) == [[msgs[0][0]]] for ws in sockets)  # held back
+    await until(lambda: all(len(_writes(ws)) == 2 for ws in sockets))
+    for ws in sockets:  # the three that came meanwhile: one write, in order, each once
+        assert _writes(ws) == [[msgs[0][0]], [m[0] for m in msgs[1:]]]
+        assert seqs(ws) == [m[0] for m in msgs]
+
+
+async def test_a_busy_rooms_wait_is_bounded_by_the_flush_interval(store):
+    # 3 x 20 ms = 60 ms per flush at a 1 % duty would mean 6 s between flushes; the
+    # interval bounds it
+    r, sockets = await _paced_room(store, 3, cost=0.02, flush_interval=0.4, flush_members=3,
+                                   flush_duty=0.01)
+    msgs = [await store_message(store, r.name, f"m{i}") for i in range(2)]
+    r.offer(*msgs[0])
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert r.spacing == 0.4
+    r.offer(*msgs[1])
+    await asyncio.sleep(0)
+    assert all(len(_writes(ws)) == 1 for ws in sockets)  # held back
+    await until(lambda: all(len(_writes(ws)) == 2 for ws in sockets), within=3.0)
+    for ws in sockets:
+        assert _writes(ws) == [[msgs[0][0]], [msgs[1][0]]]
+
+
+async def test_a_room_below_flush_members_is_never_held_back_however_costly(store):
+    r, sockets = await _paced_room(store, 2, cost=0.05, flush_interval=1.0, flush_members=3,
+                                   flush_duty=0.1)
+    msgs = [await store_message(store, r.name, f"m{i}") for i in range(2)]
+    for m in msgs:
+        r.offer(*m)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert r.spacing == 0.0
+    for ws in sockets:
+        assert _writes(ws) == [[m[0]] for m in msgs]

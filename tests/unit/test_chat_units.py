@@ -32,6 +32,14 @@ def test_config_from_env_and_overrides():
         Config.from_env({"CHAT_COLOR": "Blue Team"})
 
 
+def test_config_flush_duty_from_env_and_its_bounds():
+    assert Config.from_env({"CHAT_FLUSH_DUTY": "0.5"}).flush_duty == 0.5
+    assert Config.from_env({"CHAT_FLUSH_DUTY": "0"}).flush_duty == 0.0  # the fixed interval
+    for bad in ("-0.1", "1.5"):
+        with pytest.raises(ValueError, match="CHAT_FLUSH_DUTY"):
+            Config.from_env({"CHAT_FLUSH_DUTY": bad})
+
+
 def test_metrics_exposition_has_labelled_series_and_histogram_buckets():
     m = Metrics("blue", "v1")
     m.sends.inc("ok")
