@@ -101,6 +101,10 @@ class FaultStack:
             weights=weights, **{**FAST_CHECKS, **knobs}))
         wait_for_port(self.lb_port)
         wait_for_port(self.admin_port)
+        deadline = time.monotonic() + 20  # the UNIX socket may come a moment after the ports
+        while not os.path.exists(self.sock):
+            assert time.monotonic() < deadline, f"no runtime API socket {self.sock}"
+            time.sleep(0.05)
         self.wait_status("blue", "UP")
         self.wait_status("green", "UP")
 

@@ -118,6 +118,15 @@ def serve(chat: FakeChat) -> tuple[ThreadingHTTPServer, int]:
 # ------------------------------------------------------------------ HAProxy
 
 
+def wait_for_socket(path: str, timeout: float = 20.0) -> None:
+    """Until HAProxy's runtime API socket exists: HAProxy may answer on its TCP listeners a
+    moment before it has put the UNIX socket in place."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"no runtime API socket {path}"
+        time.sleep(0.05)
+
+
 @dataclass
 class Stack:
     blue: FakeChat
@@ -172,6 +181,7 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
         loadbalancer_local_check_rise=1, **knobs))
     try:
         wait_for_port(fe)
+        wait_for_socket(sock)
         s = Stack(blue, green, sock, tcp, fe,
                   {c: f"http://127.0.0.1:{p}/metrics" for c, (_, p) in zip(
                       ("blue", "green"), servers, strict=True)})
