@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -184,6 +185,7 @@ class FaultStack:
     def stop(self) -> None:
         if self.haproxy is not None:
             stop_process(self.haproxy)
+            shutil.rmtree(os.path.dirname(self.sock), ignore_errors=True)
         self.chat.stop_all()
         stop_process(self.proxy)
         self.moto.stop()
