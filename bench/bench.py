@@ -119,9 +119,10 @@ class Procs:
 # frontend of its own, a second configuration file of the same HAProxy process.
 HAPROXY_TEMPLATE = REPO / "roles/loadbalancer/templates/haproxy.cfg.j2"
 HAPROXY_KNOBS = {
-    # Each instance is checked by two backends (`chat` and its color's, for the pinned
-    # paths): every 1,000 ms each keeps the /readyz rate an instance answers at two a
-    # second, as the peer's (one backend, every 500 ms); down after 2 failures, up after 1.
+    # Each instance is checked by two backends, `chat` (/readyz) and its color's for the
+    # pinned paths (/healthz, which asks neither Redis nor DynamoDB): every 1,000 ms each,
+    # an instance answers two checks a second, as each peer process does (one backend,
+    # every 500 ms); down after 2 failures, up after 1.
     "loadbalancer_local_check_inter_ms": 1000,
     "loadbalancer_local_check_fall": 2,
     "loadbalancer_local_check_rise": 1,
