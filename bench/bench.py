@@ -128,26 +128,32 @@ class Procs:
         self.stop(list(reversed(self.procs)))
 
 
-HAPROXY_CFG = """global
-  maxconn 8000
-defaults
+# Our system's HAProxy is the local stack's own: the loadbalancer role's template, rendered
+# by our_haproxy_cfg() below (tests/haproxy_config.py renders the same template for the
+# tests; bench/ imports nothing from tests/). The peer is not our system: it keeps a small
+# frontend of its own, a second configuration file of the same HAProxy process.
+HAPROXY_TEMPLATE = REPO / "roles/loadbalancer/templates/haproxy.cfg.j2"
+HAPROXY_KNOBS = {
+    # Each instance is checked by two backends, `chat` (/readyz) and its color's for the
+    # pinned paths (/healthz, which asks neither Redis nor DynamoDB): every 1,000 ms each,
+    # an instance answers two checks a second, as each peer process does (one backend,
+    # every 500 ms); down after 2 failures, up after 1.
+    "loadbalancer_local_check_inter_ms": 1000,
+    "loadbalancer_local_check_fall": 2,
+    "loadbalancer_local_check_rise": 1,
+    # as the peer's client/server timeouts (an upgraded WebSocket has `timeout tunnel` 1h)
+    "loadbalancer_local_http_timeout": "60s",
+    "loadbalancer_initial_weights": {"blue": 50, "green": 50},
+}
+PEER_HAPROXY_CFG = """defaults
   mode http
   timeout connect 2s
   timeout client 60s
   timeout server 60s
   timeout tunnel 1h
-frontend fe_ours
-  bind 127.0.0.1:{lb_ours}
-  default_backend ours
 frontend fe_peer
   bind 127.0.0.1:{lb_peer}
   default_backend peer
-backend ours
-  balance roundrobin
-  option httpchk GET /readyz
-  default-server check inter 500ms fall 2 rise 1
-  server blue 127.0.0.1:{blue} weight 50
-  server green 127.0.0.1:{green} weight 50
 backend peer
   balance roundrobin
   option httpchk GET /healthz
@@ -155,6 +161,39 @@ backend peer
   server a 127.0.0.1:{peer_a} weight 50
   server b 127.0.0.1:{peer_b} weight 50
 """
+
+
+def our_haproxy_cfg(ports: dict[str, int], tmp: Path) -> str:
+    """The role's haproxy.cfg with its defaults and the local inventory's values, on this
+    sitting's ports: public door `lb_ours`, admin listener `lb_ours_admin`, runtime API
+    socket and server-state file in `tmp`, run as the current user."""
+    import grp
+    import pwd
+
+    import jinja2
+    import yaml
+
+    defaults = yaml.safe_load((REPO / "roles/loadbalancer/defaults/main.yml").read_text())
+    local = yaml.safe_load((REPO / "inventories/local/group_vars/all.yml").read_text())
+    user = pwd.getpwuid(os.getuid()).pw_name
+    port = ports["lb_ours"]
+    context = {
+        **defaults, **HAPROXY_KNOBS,
+        "ansible_managed": "rendered for the benchmark by bench/bench.py",
+        "local_bind_address": "127.0.0.1", "local_lb_port": port,
+        "local_admin_port": ports["lb_ours_admin"], "local_blue_port": ports["blue"],
+        "local_green_port": ports["green"], "local_run_dir": str(tmp),
+        "local_state_dir": str(tmp), "local_haproxy_stats_uri": local["local_haproxy_stats_uri"],
+        # what the inventory's expression gives for the loopback bind address
+        "local_allowed_hosts": [f"127.0.0.1:{port}", f"localhost:{port}"],
+        "local_users": {**local["local_users"], "haproxy": user},
+    }
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             trim_blocks=True)  # as ansible.builtin.template renders it
+    text = env.from_string(HAPROXY_TEMPLATE.read_text()).render(context)
+    # HAProxy's `group` is the user's own group here, not one named after the user
+    return text.replace(f"    group {user}\n",
+                        f"    group {grp.getgrgid(os.getgid()).gr_name}\n")
 
 
 class Sitting:
@@ -165,7 +204,7 @@ class Sitting:
         self.p = Procs(tmp)
         self.ports = {k: free_port() for k in (
             "redis_ours", "redis_peer", "moto", "blue", "green", "peer_a", "peer_b",
-            "lb_ours", "lb_peer")}
+            "lb_ours", "lb_ours_admin", "lb_peer")}
         self.aws_env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                         "AWS_REGION": "ap-northeast-2", "AWS_DEFAULT_REGION": "ap-northeast-2",
                         "AWS_ENDPOINT_URL_DYNAMODB": f"http://127.0.0.1:{self.ports['moto']}"}
@@ -183,9 +222,11 @@ class Sitting:
         wait_http(f"http://127.0.0.1:{self.ports['moto']}/moto-api/")
         subprocess.run([sys.executable, "-m", "chat", "init-tables"], cwd=REPO, check=True,
                        env={**os.environ, **self.aws_env}, stdout=subprocess.DEVNULL)
-        cfg = self.tmp / "haproxy.cfg"
-        cfg.write_text(HAPROXY_CFG.format(**self.ports))
-        self.p.start("haproxy", [shutil.which("haproxy") or "haproxy", "-db", "-f", str(cfg)])
+        ours, peer = self.tmp / "haproxy.cfg", self.tmp / "haproxy-peer.cfg"
+        ours.write_text(our_haproxy_cfg(self.ports, self.tmp))
+        peer.write_text(PEER_HAPROXY_CFG.format(**self.ports))
+        self.p.start("haproxy", [shutil.which("haproxy") or "haproxy", "-db",
+                                 "-f", str(ours), "-f", str(peer)])
         wait_port(self.ports["lb_ours"])
 
     def start_system(self, system: str,
@@ -221,8 +262,10 @@ class Sitting:
 
     def wait_lb(self, system: str) -> None:
         """Until HAProxy forwards to the (re)started servers of this system."""
-        port = self.ports["lb_ours" if system == OURS else "lb_peer"]
-        wait_http(f"http://127.0.0.1:{port}/" + ("readyz" if system == OURS else "healthz"))
+        if system == OURS:  # /readyz through the admin listener: the public door refuses it
+            wait_http(f"http://127.0.0.1:{self.ports['lb_ours_admin']}/readyz")
+        else:
+            wait_http(f"http://127.0.0.1:{self.ports['lb_peer']}/healthz")
 
 
 def loadgen(system: str, urls: list[str], users: int, rates: list[int], *, pids: list[int],

@@ -52,7 +52,9 @@ def render_haproxy_cfg(*, lb_port: int, admin_port: int, blue_port: int, green_p
         "loadbalancer_initial_weights": {"blue": weights[0], "green": weights[1]},
         **knobs,
     }
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    # trim_blocks as ansible.builtin.template renders it
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             trim_blocks=True)
     text = env.from_string(TEMPLATE.read_text()).render(context)
     # HAProxy's `group` is the user's own group here, not one named after the user
     text = text.replace(f"    group {me}\n", f"    group {group}\n")

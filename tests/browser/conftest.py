@@ -3,6 +3,8 @@ serving site/ (real redis-server and moto server underneath, free ports)."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +14,7 @@ from playwright.sync_api import Browser, expect, sync_playwright
 
 from tests.chatstack import ChatInstance, ChatStack, chat_stack
 from tests.conftest import REPO, free_port, start_haproxy, stop_process, wait_for_http
+from tests.haproxy_config import render_haproxy_cfg
 
 __all__ = ["browser", "chat_stack", "green_first_proxy", "haproxy_front", "site_pair"]
 
@@ -43,41 +46,29 @@ def site_pair(chat_stack: ChatStack) -> tuple[ChatInstance, ChatInstance]:
     return (chat_stack.start("blue", static=site), chat_stack.start("green", static=site))
 
 
-HAPROXY_CFG = """\
-global
-    maxconn 200
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 60s
-    timeout server 60s
-    timeout tunnel 1h
-frontend site
-    bind 127.0.0.1:{port}
-    # the pinned mark (X-Canary-Pinned) is the load balancer's to set, never the client's
-    http-request del-header X-Canary-Pinned
-    default_backend chat
-backend chat
-    balance roundrobin
-    option httpchk GET /readyz
-    timeout check 3s
-    default-server inter 300ms fall 2 rise 1
-    server primary 127.0.0.1:{green} check
-    server backup 127.0.0.1:{blue} check backup
-"""
-
-
 @contextmanager
 def haproxy_front(primary: ChatInstance, backup: ChatInstance, workdir: Path) -> Iterator[str]:
-    """A real HAProxy on a free port: ``primary`` while it is ready, else ``backup``."""
-    port = free_port()
-    proc = start_haproxy(workdir / f"haproxy-{port}.cfg", HAPROXY_CFG.format(
-        port=port, green=primary.port, blue=backup.port))
+    """A real HAProxy on free ports, on the loadbalancer role's configuration
+    (tests/haproxy_config.py): ``primary`` at weight 100 and ``backup`` at weight 0, with the
+    role's fallback on, so ``backup`` takes the users while ``primary`` is not ready. The
+    URL is that of its public door."""
+    port, admin = free_port(), free_port()
+    servers = {primary.color: primary.port, backup.color: backup.port}
+    assert set(servers) == {"blue", "green"}, "one instance of each color"
+    run_dir = tempfile.mkdtemp(prefix="brw-")  # UNIX socket paths are short
+    proc = start_haproxy(workdir / f"haproxy-{port}.cfg", render_haproxy_cfg(
+        lb_port=port, admin_port=admin, blue_port=servers["blue"],
+        green_port=servers["green"], run_dir=run_dir, state_dir=workdir,
+        weights=(100, 0) if primary.color == "blue" else (0, 100),
+        loadbalancer_local_fallback=True, loadbalancer_local_maxconn=200,
+        loadbalancer_local_check_inter_ms=300, loadbalancer_local_check_fall=2,
+        loadbalancer_local_check_rise=1))
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/healthz")
+        wait_for_http(f"http://127.0.0.1:{admin}/healthz")
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_process(proc)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

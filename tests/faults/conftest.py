@@ -1,11 +1,13 @@
 """The fault-injection stack: redis-server, moto server (behind a switchable TCP forwarder),
 chat blue and green, and a real HAProxy in front of them, all on FREE 127.0.0.1 ports.
 
-It mimics the local stack (roles/loadbalancer/templates/haproxy.cfg.j2): one backend `chat`
-with servers `blue` and `green`, one backend per color for the pinned paths
-/_color/<color>/ (which mark their requests `X-Canary-Pinned: 1`), health checks on
-/readyz, WebSocket tunnel timeout, retry of refused / 503 handshakes on the other server,
-and an admin runtime socket for `traffic_shift`. Nothing here touches the fixed local-stack ports.
+HAProxy runs the local stack's own configuration, the loadbalancer role's template
+(roles/loadbalancer/templates/haproxy.cfg.j2, rendered by tests/haproxy_config.py): the
+public door `www` (the users' WebSockets), the admin listener (the color-pinned paths
+/_color/<color>/, /metrics, the admin API), one backend `chat` with servers `blue` and
+`green`, and the runtime API socket `traffic_shift` drives. Only ports, paths, the health
+check pace and a test module's own knobs (`HAPROXY_KNOBS` in it) differ. Nothing here
+touches the fixed local-stack ports.
 
 Each test module gets its own stack (a heavy scenario must not leave its backlog to the
 next one). Each scenario prints a one-line JSON summary (and appends it to $FAULTS_RESULTS
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,48 +47,15 @@ from tests.conftest import (
     wait_for_http,
     wait_for_port,
 )
+from tests.haproxy_config import render_haproxy_cfg
 
-HAPROXY_CFG = """\
-global
-    maxconn 6000
-    stats socket {sock} mode 600 level admin
-    stats timeout 30s
-defaults
-    mode http
-    timeout connect 2s
-    timeout check 3s
-    timeout client 30s
-    timeout server 30s
-    timeout http-request 10s
-    timeout tunnel 1h
-    timeout client-fin 5s
-    retries 3
-    retry-on conn-failure empty-response 503
-    option redispatch 1
-    default-server check inter 500ms fall 2 rise 2
-frontend www
-    bind 127.0.0.1:{port}
-    # the pinned mark is the load balancer's to set, never the client's
-    http-request del-header X-Canary-Pinned
-    use_backend blue if {{ path_beg /_color/blue/ }}
-    use_backend green if {{ path_beg /_color/green/ }}
-    default_backend chat
-backend chat
-    balance roundrobin
-    option httpchk
-    http-check send meth GET uri /readyz
-    http-check expect status 200
-    server blue 127.0.0.1:{blue} weight {wb}
-    server green 127.0.0.1:{green} weight {wg}
-backend blue
-    http-request set-header X-Canary-Pinned 1
-    http-request replace-path ^/_color/blue(/.*)$ \\1
-    server blue 127.0.0.1:{blue} check
-backend green
-    http-request set-header X-Canary-Pinned 1
-    http-request replace-path ^/_color/green(/.*)$ \\1
-    server green 127.0.0.1:{green} check
-"""
+# The role's template (tests/haproxy_config.py) with faster health checks, so a restarted or
+# failing color is seen within about a second: checks every 500 ms, down after 2, up after 2.
+FAST_CHECKS: dict[str, Any] = {
+    "loadbalancer_local_check_inter_ms": 500,
+    "loadbalancer_local_check_fall": 2,
+    "loadbalancer_local_check_rise": 2,
+}
 
 
 def rss_kib(pid: int) -> int:
@@ -105,7 +75,8 @@ class FaultStack:
     chat: ChatStack
     blue: ChatInstance
     green: ChatInstance
-    lb_port: int = 0
+    lb_port: int = 0  # the public door
+    admin_port: int = 0  # the admin listener
     sock: str = ""
     haproxy: subprocess.Popen[bytes] | None = None
     green_env: dict[str, str] = field(default_factory=dict)
@@ -116,14 +87,25 @@ class FaultStack:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.lb_port}/ws"
 
-    def start_haproxy(self, weights: tuple[int, int] = (50, 50)) -> None:
-        self.lb_port = free_port()
-        sockdir = tempfile.mkdtemp(prefix="flt-")  # UNIX socket paths are short
-        self.sock = os.path.join(sockdir, "haproxy.sock")
-        self.haproxy = start_haproxy(self.workdir / "haproxy.cfg", HAPROXY_CFG.format(
-            sock=self.sock, port=self.lb_port, blue=self.blue.port, green=self.green.port,
-            wb=weights[0], wg=weights[1]))
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start_haproxy(self, weights: tuple[int, int] = (50, 50), **knobs: Any) -> None:
+        """HAProxy on the role's configuration; `knobs` override role variables."""
+        self.lb_port, self.admin_port = free_port(), free_port()
+        run_dir = tempfile.mkdtemp(prefix="flt-")  # UNIX socket paths are short
+        self.sock = os.path.join(run_dir, "haproxy.sock")
+        self.haproxy = start_haproxy(self.workdir / "haproxy.cfg", render_haproxy_cfg(
+            lb_port=self.lb_port, admin_port=self.admin_port, blue_port=self.blue.port,
+            green_port=self.green.port, run_dir=run_dir, state_dir=self.workdir,
+            weights=weights, **{**FAST_CHECKS, **knobs}))
         wait_for_port(self.lb_port)
+        wait_for_port(self.admin_port)
+        deadline = time.monotonic() + 20  # the UNIX socket may come a moment after the ports
+        while not os.path.exists(self.sock):
+            assert time.monotonic() < deadline, f"no runtime API socket {self.sock}"
+            time.sleep(0.05)
         self.wait_status("blue", "UP")
         self.wait_status("green", "UP")
 
@@ -203,6 +185,7 @@ class FaultStack:
     def stop(self) -> None:
         if self.haproxy is not None:
             stop_process(self.haproxy)
+            shutil.rmtree(os.path.dirname(self.sock), ignore_errors=True)
         self.chat.stop_all()
         stop_process(self.proxy)
         self.moto.stop()
@@ -210,7 +193,9 @@ class FaultStack:
 
 
 @pytest.fixture(scope="module")
-def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
+def fault_stack(request: pytest.FixtureRequest,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
+    """The stack of one test module; its HAProxy takes the module's `HAPROXY_KNOBS`."""
     work = tmp_path_factory.mktemp("faults")
     redis = start_redis(work)
     moto = start_moto()
@@ -227,8 +212,8 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack
         blue = chat.start("blue")
         green = chat.start("green")
         stack = FaultStack(work, redis, moto, proxy, proxy_port, chat, blue, green)
-        stack.start_haproxy()
-        wait_for_http(f"http://127.0.0.1:{stack.lb_port}/healthz")
+        stack.start_haproxy(**getattr(request.module, "HAPROXY_KNOBS", {}))
+        wait_for_http(f"{stack.admin_url}/healthz")
         yield stack
     finally:
         if stack is not None:

@@ -1,10 +1,12 @@
 """A hostile audience can neither veto nor fake a canary step (issue 16, item 2).
 
 While 100 simulated users chat through HAProxy and traffic_shift bakes a 90/10 -> 50/50
-step, a bounded attacker on 127.0.0.1 sends what broke the gate before: NUL paths
-(`/_color/green/%00`, `/%00`), an admin call with `Authorization: Bearer \\xff`, sends whose
-text is a lone surrogate, the same URLs as a page's `<img>` tags would fetch them, and
-valid requests pinned to green (`/_color/green/version`, which must not dilute the rate).
+step, a bounded attacker on 127.0.0.1 sends, through the local stack's HAProxy doors (the
+public one, and the admin listener for what only that one passes to a chat), what broke the
+gate before: NUL paths (`/_color/green/%00`, `/%00`), an admin call with
+`Authorization: Bearer \\xff`, sends whose text is a lone surrogate, the same URLs as a
+page's `<img>` tags would fetch them, and valid requests pinned to green
+(`/_color/green/version`, which must not dilute the rate).
 A healthy green passes the step; a green with CHAT_FAULT_RATE=0.3 still trips it.
 """
 
@@ -37,7 +39,9 @@ IMG = (b"Accept: image/avif,image/webp,*/*\r\nSec-Fetch-Dest: image\r\n"
 
 
 def _raw(port: int, request: bytes) -> int:
-    """One request written as bytes; its status (0: no answer)."""
+    """One request written as bytes to 127.0.0.1:`port`, with that Host; its status (0: no
+    answer)."""
+    request = request.replace(HOST, b"Host: 127.0.0.1:%d\r\n" % port)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(request)
@@ -48,35 +52,43 @@ def _raw(port: int, request: bytes) -> int:
     return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else 0
 
 
+HOST = b"Host: @\r\n"  # replaced by the Host the door serves (127.0.0.1:<its port>)
+
+
 def _get(path: bytes, extra: bytes = b"") -> bytes:
-    return (b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + extra
-            + b"Connection: close\r\n\r\n")
+    return b"GET " + path + b" HTTP/1.1\r\n" + HOST + extra + b"Connection: close\r\n\r\n"
 
 
+# (name, door, request). Each goes through the door of the local stack's HAProxy that takes
+# it to a chat, so the chat itself answers it: the public door (`www`) for what a browser
+# may ask there, the admin listener on 127.0.0.1 for the rest (the pinned /_color/ paths,
+# the admin API, paths outside the public door's allow-list, which it refuses itself).
 HOSTILE = [
-    ("nul_pinned", _get(b"/_color/green/%00")),
-    ("nul", _get(b"/%00")),
-    ("nul_api", _get(b"/api/rooms/%00/messages")),
-    ("img_nul_pinned", _get(b"/_color/green/%00", IMG)),
-    ("img_nul", _get(b"/app.js%00", IMG)),
-    ("bad_bearer", b"POST /api/admin/drain HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                   b"Authorization: Bearer \xff\r\nContent-Length: 0\r\n"
-                   b"Connection: close\r\n\r\n"),
-    ("bad_bearer_pinned", b"POST /_color/green/api/admin/drain HTTP/1.1\r\n"
-                          b"Host: 127.0.0.1\r\nAuthorization: Bearer \xff\r\n"
-                          b"Content-Length: 0\r\nConnection: close\r\n\r\n"),
-    ("pinned_valid", _get(b"/_color/green/version")),
-    ("pinned_valid_api", _get(b"/_color/green/api/stats")),
-    ("img_pinned_valid", _get(b"/_color/green/version", IMG)),
+    ("nul_pinned", "admin", _get(b"/_color/green/%00")),
+    ("nul", "admin", _get(b"/%00")),
+    ("nul_api", "public", _get(b"/api/rooms/%00/messages")),
+    ("img_nul_pinned", "admin", _get(b"/_color/green/%00", IMG)),
+    ("img_nul", "admin", _get(b"/app.js%00", IMG)),
+    ("bad_bearer", "admin", b"POST /api/admin/drain HTTP/1.1\r\n" + HOST
+                            + b"Authorization: Bearer \xff\r\nContent-Length: 0\r\n"
+                            b"Connection: close\r\n\r\n"),
+    ("bad_bearer_pinned", "admin", b"POST /_color/green/api/admin/drain HTTP/1.1\r\n" + HOST
+                                   + b"Authorization: Bearer \xff\r\n"
+                                   b"Content-Length: 0\r\nConnection: close\r\n\r\n"),
+    ("pinned_valid", "admin", _get(b"/_color/green/version")),
+    ("pinned_valid_api", "admin", _get(b"/_color/green/api/stats")),
+    ("img_pinned_valid", "admin", _get(b"/_color/green/version", IMG)),
 ]
 
 
 class Attacker:
-    """HTTP requests at ~`rate`/s and lone-surrogate sends over a WebSocket, both through
-    the load balancer on 127.0.0.1, until stopped or ATTACK_MAX is reached."""
+    """HTTP requests at ~`rate`/s (through HAProxy's public door or admin listener, as
+    HOSTILE says) and lone-surrogate sends over a WebSocket through the public door, until
+    stopped or ATTACK_MAX is reached."""
 
-    def __init__(self, lb_port: int, rate: float = 15.0) -> None:
+    def __init__(self, lb_port: int, admin_port: int, rate: float = 15.0) -> None:
         self.port, self.rate = lb_port, rate
+        self.doors = {"public": lb_port, "admin": admin_port}
         self.statuses: Counter[tuple[str, int]] = Counter()
         self.frames: Counter[str] = Counter()
         self.sent = 0
@@ -86,8 +98,8 @@ class Attacker:
     def _http(self) -> None:
         i = 0
         while not self.stopping.is_set() and self.sent < ATTACK_MAX:
-            name, request = HOSTILE[i % len(HOSTILE)]
-            self.statuses[(name, _raw(self.port, request))] += 1
+            name, door, request = HOSTILE[i % len(HOSTILE)]
+            self.statuses[(name, _raw(self.doors[door], request))] += 1
             self.sent += 1
             i += 1
             self.stopping.wait(1.0 / self.rate)
@@ -133,7 +145,7 @@ async def canary_step_under_attack(
     cfg = LoadGenConfig(url=stack.ws_url, users=100, rate=20.0, duration=0, ramp=4.0,
                         drain=30.0, backoff_base=0.1, backoff_cap=1.0)
     lg, task = await start(cfg)
-    attacker = Attacker(stack.lb_port)
+    attacker = Attacker(stack.lb_port, stack.admin_port)
     attacker.start()
     frames = asyncio.create_task(attacker.ws_sends())
     try:

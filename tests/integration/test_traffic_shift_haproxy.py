@@ -118,6 +118,15 @@ def serve(chat: FakeChat) -> tuple[ThreadingHTTPServer, int]:
 # ------------------------------------------------------------------ HAProxy
 
 
+def wait_for_socket(path: str, timeout: float = 20.0) -> None:
+    """Until HAProxy's runtime API socket exists: HAProxy may answer on its TCP listeners a
+    moment before it has put the UNIX socket in place."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"no runtime API socket {path}"
+        time.sleep(0.05)
+
+
 @dataclass
 class Stack:
     blue: FakeChat
@@ -156,7 +165,9 @@ class Stack:
 
 
 @pytest.fixture
-def stack() -> Iterator[Stack]:
+def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """HAProxy on the role's configuration; an indirect parameter overrides role knobs."""
+    knobs = getattr(request, "param", {})
     blue, green = FakeChat("blue"), FakeChat("green")
     servers = [serve(blue), serve(green)]
     tmp = tempfile.mkdtemp(prefix="ts-haproxy-")  # short: UNIX socket paths are limited
@@ -167,9 +178,10 @@ def stack() -> Iterator[Stack]:
         lb_port=fe, admin_port=free_port(), blue_port=servers[0][1], green_port=servers[1][1],
         run_dir=tmp, state_dir=tmp, runtime_api_tcp_port=tcp,
         loadbalancer_local_check_inter_ms=100, loadbalancer_local_check_fall=1,
-        loadbalancer_local_check_rise=1))
+        loadbalancer_local_check_rise=1, **knobs))
     try:
         wait_for_port(fe)
+        wait_for_socket(sock)
         s = Stack(blue, green, sock, tcp, fe,
                   {c: f"http://127.0.0.1:{p}/metrics" for c, (_, p) in zip(
                       ("blue", "green"), servers, strict=True)})
@@ -215,6 +227,10 @@ def shift_args(stack: Stack, weight: int, **extra: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------ tests
 
 
+FALLBACK = {"loadbalancer_local_fallback": True}
+
+
+@pytest.mark.parametrize("stack", [{}, FALLBACK], indirect=True, ids=["", "fallback"])
 def test_weights_applied_read_back_and_followed_by_haproxy(stack: Stack) -> None:
     res = run_module(shift_args(stack, 50, bake_seconds=1, poll_interval=0.3))
     assert not res.get("failed"), res
@@ -237,6 +253,27 @@ def test_weights_applied_read_back_and_followed_by_haproxy(stack: Stack) -> None
     t = res["timings"]
     assert set(t) == {"apply_seconds", "verify_seconds", "bake_seconds", "total_seconds"}
     assert t["bake_seconds"] >= 1
+
+
+@pytest.mark.parametrize("stack", [FALLBACK], indirect=True)
+def test_fallback_serves_a_color_at_weight_0_while_the_weighted_one_is_down(
+        stack: Stack) -> None:
+    stack.set_weights(0, 100)
+    assert {stack.get("/") for _ in range(6)} == {(200, "green")}
+    stack.green.ready = False
+    stack.wait_status("green", "DOWN")
+    assert {stack.get("/") for _ in range(6)} == {(200, "blue")}
+    stack.green.ready = True
+    stack.wait_status("green", "UP")
+    assert {stack.get("/") for _ in range(6)} == {(200, "green")}
+    assert stack.weights() == {"blue": 0, "green": 100}
+
+
+def test_without_fallback_a_color_at_weight_0_gets_nothing(stack: Stack) -> None:
+    stack.set_weights(0, 100)
+    stack.green.ready = False
+    stack.wait_status("green", "DOWN")
+    assert {stack.get("/")[0] for _ in range(3)} == {503}
 
 
 def test_same_weights_again_is_unchanged(stack: Stack) -> None:
