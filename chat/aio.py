@@ -1,10 +1,13 @@
-"""Small asyncio helpers shared by the chat's background pollers."""
+"""Small asyncio helpers: stopping a background poller, sharing a call among callers."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
 
 
 async def cancel_task(task: asyncio.Task[Any] | None) -> None:
@@ -14,3 +17,60 @@ async def cancel_task(task: asyncio.Task[Any] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+class SharedCalls(Generic[T]):
+    """Per room, concurrent callers share one call of `call(room)`: each gets the result
+    of the next call that starts after it asked, never of one already in flight (so what
+    it reads or writes is never older than its request). A storm of joins in one room
+    then costs a few round trips, not a few per join (presence in `chat.bus`, welcome's
+    seq in `chat.store`). An error of a call goes to every caller it answers; at close,
+    callers still waiting get `closed(room)`, or the exception it raises."""
+
+    def __init__(self, call: Callable[[str], Awaitable[T]], closed: Callable[[str], T]) -> None:
+        self.call, self.closed = call, closed
+        self.waiting: dict[str, list[asyncio.Future[T]]] = {}
+        self.runners: dict[str, asyncio.Task[None]] = {}
+
+    async def __call__(self, room: str) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self.waiting.setdefault(room, []).append(future)
+        if room not in self.runners:  # an idle room: its call goes out now
+            self.runners[room] = loop.create_task(self._run(room), name=f"shared-{room}")
+        return await future
+
+    async def _run(self, room: str) -> None:
+        batch: list[asyncio.Future[T]] = []
+        try:
+            while True:
+                batch = [f for f in self.waiting.pop(room, ()) if not f.done()]
+                if not batch:  # idle again; no await since the check: nobody slips by
+                    return
+                try:
+                    value = await self.call(room)
+                except Exception as e:  # every caller of this call gets it
+                    for f in batch:
+                        if not f.done():
+                            f.set_exception(e)
+                    batch = []
+                    continue
+                for f in batch:
+                    if not f.done():
+                        f.set_result(value)
+                batch = []
+        finally:
+            if self.runners.get(room) is asyncio.current_task():
+                del self.runners[room]
+            for f in batch + self.waiting.pop(room, []):  # cancelled: the owner closes
+                if not f.done():
+                    try:
+                        f.set_result(self.closed(room))
+                    except Exception as e:  # `closed` may raise instead of answering
+                        f.set_exception(e)
+
+    async def close(self) -> None:
+        runners = list(self.runners.values())
+        for t in runners:
+            t.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)

@@ -24,13 +24,14 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ReadOnlyError, RedisError
 
+from .aio import SharedCalls
 from .config import Config
 
 log = logging.getLogger("chat.bus")
@@ -50,62 +51,6 @@ BusErrors = (RedisError, OSError, asyncio.TimeoutError)
 # redis-server's and ElastiCache's maxclients. A command waits this long for a free one.
 REDIS_MAX_CONNECTIONS = 100
 REDIS_POOL_WAIT_SECONDS = 5.0
-
-T = TypeVar("T")
-
-
-class _Shared(Generic[T]):
-    """Per room, concurrent callers share one call of `call(room)`: each gets the result
-    of the next call that starts after it asked, never of one already in flight (so what
-    it reads or writes is never older than its request). A storm of joins in one room
-    then costs a few Redis round trips, not a few per join. `call` must not raise; at
-    close, callers still waiting get `closed(room)`."""
-
-    def __init__(self, call: Callable[[str], Awaitable[T]], closed: Callable[[str], T]) -> None:
-        self.call, self.closed = call, closed
-        self.waiting: dict[str, list[asyncio.Future[T]]] = {}
-        self.runners: dict[str, asyncio.Task[None]] = {}
-
-    async def __call__(self, room: str) -> T:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self.waiting.setdefault(room, []).append(future)
-        if room not in self.runners:  # an idle room: its call goes out now
-            self.runners[room] = loop.create_task(self._run(room), name=f"shared-{room}")
-        return await future
-
-    async def _run(self, room: str) -> None:
-        batch: list[asyncio.Future[T]] = []
-        try:
-            while True:
-                batch = [f for f in self.waiting.pop(room, ()) if not f.done()]
-                if not batch:  # idle again; no await since the check: nobody slips by
-                    return
-                try:
-                    value = await self.call(room)
-                except Exception as e:  # a bug, not Redis (`call` handles that): told on
-                    for f in batch:
-                        if not f.done():
-                            f.set_exception(e)
-                    batch = []
-                    continue
-                for f in batch:
-                    if not f.done():
-                        f.set_result(value)
-                batch = []
-        finally:
-            if self.runners.get(room) is asyncio.current_task():
-                del self.runners[room]
-            for f in batch + self.waiting.pop(room, []):  # cancelled: the bus closes
-                if not f.done():
-                    f.set_result(self.closed(room))
-
-    async def close(self) -> None:
-        runners = list(self.runners.values())
-        for t in runners:
-            t.cancel()
-        await asyncio.gather(*runners, return_exceptions=True)
-
 
 class RoomBus:
     def __init__(self, config: Config, *,
@@ -135,8 +80,8 @@ class RoomBus:
         self.local_presence: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # presence writes and reads shared by a room's concurrent joins and leaves
-        self._presence_writes = _Shared[None](self._publish_presence, lambda room: None)
-        self._presence_reads = _Shared[dict[str, int]](self._read_presence,
+        self._presence_writes = SharedCalls[None](self._publish_presence, lambda room: None)
+        self._presence_reads = SharedCalls[dict[str, int]](self._read_presence,
                                                        self._local_presence)
         self._catch_up: asyncio.Task[None] | None = None
 

@@ -49,6 +49,7 @@ from aiobotocore.session import get_session
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .aio import SharedCalls
 from .config import Config
 from .ddb import DynamoDB
 from .message import Message, message
@@ -132,10 +133,8 @@ class MessageStore:
         # lease (ADD) in flight, if any: one at a time, shared by every join waiting for it
         self._user_ids: deque[range] = deque()
         self._user_lease: asyncio.Task[None] | None = None
-        # the latest_seq coalescer: per room, the joins waiting for the next read, and the
-        # task that issues the room's reads while anyone waits (none for an idle room)
-        self._seq_waiting: dict[str, list[asyncio.Future[int]]] = {}
-        self._seq_readers: dict[str, asyncio.Task[None]] = {}
+        # latest_seq's reads, shared per room by the joins that asked before each started
+        self._latest_seq = SharedCalls[int](self._read_latest_seq, self._closed_read)
         # connection records waiting for a BatchWriteItem, and the batches in flight
         self._records: list[tuple[dict[str, Any], asyncio.Future[str]]] = []
         self._record_batches: set[asyncio.Task[None]] = set()
@@ -174,13 +173,13 @@ class MessageStore:
         # number left unvoided is fenced by the rooms after gap_skip, as after a crash).
         self._closing = True
         adders = list(self._adders.values())
-        adders.extend(self._seq_readers.values())
         adders.extend(self._record_batches)
         if self._user_lease is not None:
             adders.append(self._user_lease)
         for task in adders:
             task.cancel()
         await asyncio.gather(*adders, return_exceptions=True)
+        await self._latest_seq.close()
         records, self._records = self._records, []
         for _, future in records:
             if not future.done():
@@ -366,42 +365,11 @@ class MessageStore:
         call is counted. Concurrent callers of a room share the next such read."""
         if self._closing:
             raise StoreUnavailable("the store is closing")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[int] = loop.create_future()
-        self._seq_waiting.setdefault(room, []).append(future)
-        if room not in self._seq_readers:  # an idle room: its read goes out now
-            self._seq_readers[room] = loop.create_task(self._run_seq_reads(room),
-                                                       name=f"latest-seq-{room}")
-        return await future
+        return await self._latest_seq(room)
 
-    async def _run_seq_reads(self, room: str) -> None:
-        """Read the room's counter while callers wait: each read answers the callers that
-        asked before it started; those who ask while it is in flight wait for the next."""
-        batch: list[asyncio.Future[int]] = []
-        try:
-            while True:
-                batch = [f for f in self._seq_waiting.pop(room, ()) if not f.done()]
-                if not batch:  # idle again; no await since the check: nobody slips by
-                    return
-                try:
-                    value = await self._read_latest_seq(room)
-                except Exception as e:  # every caller of this read gets it
-                    for f in batch:
-                        if not f.done():
-                            f.set_exception(e)
-                    batch = []
-                    continue
-                for f in batch:
-                    if not f.done():
-                        f.set_result(value)
-                batch = []
-        finally:
-            if self._seq_readers.get(room) is asyncio.current_task():
-                del self._seq_readers[room]
-            # cancelled (the store closes): nobody may wait for a read that will not come
-            for f in batch + self._seq_waiting.pop(room, []):
-                if not f.done():
-                    f.set_exception(StoreUnavailable("the store is closing"))
+    @staticmethod
+    def _closed_read(room: str) -> int:
+        raise StoreUnavailable("the store is closing")
 
     async def _read_latest_seq(self, room: str) -> int:
         r = await self._call("get_item", TableName=self.counters,

@@ -1,4 +1,4 @@
-"""Presence writes and reads shared by a room's concurrent joins (chat/bus.py `_Shared`), on
+"""Presence writes and reads shared by a room's concurrent joins (chat/aio.py `SharedCalls`), on
 a real redis-server: a storm of joins costs a few Redis round trips, the count written is
 always the current one, and a read never answers a caller that asked after it started."""
 

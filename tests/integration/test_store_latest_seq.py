@@ -102,7 +102,7 @@ async def test_a_cancelled_join_leaves_the_others_their_read(store: MessageStore
     gone.cancel()
     reads.gate.set()
     assert await stays == 0
-    assert gone.cancelled() and not store._seq_readers
+    assert gone.cancelled() and not store._latest_seq.runners
 
 
 @pytest.mark.parametrize("client", ["ddb", "botocore"])
@@ -121,6 +121,6 @@ async def test_close_fails_the_waiting_joins_and_leaves_no_task(moto_server: Ser
     for t in (first, later):
         with pytest.raises(StoreUnavailable):
             await t
-    assert not s._seq_readers and not s._seq_waiting
+    assert not s._latest_seq.runners and not s._latest_seq.waiting
     with pytest.raises(StoreUnavailable):
         await s.latest_seq("z")
