@@ -22,18 +22,19 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench import free_port, wait_http  # noqa: E402  (bench/bench.py, as store_bench does)
 
 # (module, class, method, stage name): wrapped when present, so the script measures the
 # join path before and after it changes. A stage's time is the wall time of its await,
@@ -156,25 +157,6 @@ def serve(argv: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------- client side
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 async def joins(url: str, room: str, n: int, concurrency: int) -> tuple[list[float], int]:
