@@ -123,8 +123,9 @@ class Connections:
                     elif not read.cancelled():
                         read.exception()  # retrieved: the other read's error was answered
             client.offer(history)
-            # This frame lives as long as the connection: do not keep up to 1,000 messages.
-            del history
+            # This frame lives as long as the connection: do not keep up to 1,000 messages
+            # (nor the finished reads holding it and the seq, for the connection's life).
+            del history, latest_read, history_read
             room.go_live(client, last)
             live = True
             drainer.joining -= 1
