@@ -6,8 +6,7 @@ fails its whole batch, exactly-once retries, nothing left running after close.""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,26 +14,9 @@ import pytest
 from chat.config import Config
 from chat.store import MessageStore, StoreUnavailable, _Waiter
 from tests.conftest import Service
+from tests.storestack import make_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-
-def make_store(moto_server: Service, client: str, seq_batch: int = 50) -> MessageStore:
-    suffix = uuid.uuid4().hex[:6]
-    return MessageStore(Config(
-        dynamodb_endpoint=moto_server.url, table_messages=f"m-{suffix}",
-        table_connections=f"c-{suffix}", table_user_counter=f"u-{suffix}",
-        dynamodb_client=client, seq_batch=seq_batch))
-
-
-@pytest.fixture(params=["ddb", "botocore"])
-async def store(request: pytest.FixtureRequest, moto_server: Service
-                ) -> AsyncIterator[MessageStore]:
-    s = make_store(moto_server, request.param)
-    await s.start()
-    await s.init_tables()
-    yield s
-    await s.close()
 
 
 class Adds:

@@ -5,7 +5,6 @@ are sent again until written, and a record DynamoDB never takes fails alone."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from chat import store as store_module
 from chat.store import MessageStore, StoreUnavailable
 from tests.conftest import Service
-from tests.integration.test_store_batching import make_store
+from tests.storestack import make_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -40,16 +39,6 @@ class Batches:
         result = await self.original(RequestItems={table: sent}) if sent else {}
         assert not result.get("UnprocessedItems")
         return {"UnprocessedItems": {table: refused} if refused else {}}
-
-
-@pytest.fixture(params=["ddb", "botocore"])
-async def store(request: pytest.FixtureRequest, moto_server: Service
-                ) -> AsyncIterator[MessageStore]:
-    s = make_store(moto_server, request.param)
-    await s.start()
-    await s.init_tables()
-    yield s
-    await s.close()
 
 
 def add(store: MessageStore, i: int) -> Any:

@@ -5,14 +5,13 @@ it, so the value is never older than the request."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from chat.store import MessageStore, StoreUnavailable
 from tests.conftest import Service
-from tests.integration.test_store_batching import make_store
+from tests.storestack import make_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -41,16 +40,6 @@ class Reads:
         if self.gate is not None:
             await self.gate.wait()
         return result
-
-
-@pytest.fixture(params=["ddb", "botocore"])
-async def store(request: pytest.FixtureRequest, moto_server: Service
-                ) -> AsyncIterator[MessageStore]:
-    s = make_store(moto_server, request.param)
-    await s.start()
-    await s.init_tables()
-    yield s
-    await s.close()
 
 
 async def test_concurrent_joins_of_a_room_share_one_read(store: MessageStore) -> None:
