@@ -44,6 +44,11 @@ PRESENCE_COALESCE = 0.25  # seconds: presence frames at most ~4 per second per r
 # history reads the store), so a few connections cannot make each room they join cost
 # megabytes.
 TAIL_CHARS_MAX = 256 * 1024
+# A gap fill reads the missing numbers' runs, lowest first, at most this many per pass: a
+# read of everything from the lowest hole to the highest would also return every message
+# already waiting between them (hundreds while the store is slow, on every pass).
+GAP_RUNS_PER_PASS = 8
+
 
 
 class Client:
@@ -184,6 +189,17 @@ class Client:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.writer
 
+
+
+def hole_runs(holes: list[int]) -> list[tuple[int, int]]:
+    """The runs of consecutive numbers in `holes` (ascending) as (first, last) pairs."""
+    runs: list[tuple[int, int]] = []
+    for seq in holes:
+        if runs and seq == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    return runs
 
 class Room:
     def __init__(self, name: str, rooms: Rooms) -> None:
@@ -333,10 +349,12 @@ class Room:
             holes = [s for s in range(self.next_seq, max(self.pending))
                      if s not in self.pending]
             if holes:
+                found: dict[int, Message | None] = {}
                 try:
-                    found = await self.rooms.store.range(self.name, holes[0], holes[-1])
+                    for first, last in hole_runs(holes)[:GAP_RUNS_PER_PASS]:
+                        found.update(await self.rooms.store.range(self.name, first, last))
                 except StoreUnavailable:
-                    found = {}
+                    pass  # what was read is used; the rest is tried on the next pass
                 for seq, msg in found.items():
                     self.offer(seq, protocol.encode(msg) if msg else None,
                                msg["ts"] if msg else 0)
