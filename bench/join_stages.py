@@ -1,15 +1,17 @@
 """Where a join's time goes: N joins, C in flight, against a private stack; time per stage.
 
     .venv/bin/python bench/join_stages.py [--joins 300] [--concurrency 50] [--room-messages 0]
+        [--env CHAT_GC_FULL_EVERY=10]
 
 Starts redis-server, the DynamoDB emulator and one chat process on free ports (the same
 processes the tests and the benchmark use), then opens `--joins` WebSockets to one room,
 `--concurrency` at a time, and keeps them open until all have joined, as the benchmark's load
 generator does (bench/peer/loadgen.js connectChat). The client measures handshake -> `history`
 frame; the chat process runs with timing wrappers around the join's stages (user id, latest
-seq, room initialisation, history, connection record, and every DynamoDB call by operation)
-and reports their durations when it stops. A diagnostic, not a benchmark: nothing here is
-asserted, and the numbers include this client's own CPU on the same machine.
+seq, room initialisation, history, connection record, every DynamoDB call by operation, and
+the cyclic GC's pauses by generation) and reports their durations when it stops. A
+diagnostic, not a benchmark: nothing here is asserted, and the numbers include this client's
+own CPU on the same machine.
 """
 
 from __future__ import annotations
@@ -85,6 +87,21 @@ def serve(argv: list[str]) -> int:
                 record(name, time.perf_counter() - t0)
         return wrapper
 
+    # The cyclic GC's pauses of the event loop by generation, from the first join on (not
+    # the startup's own collection): a full collection walks every connection's objects.
+    import gc
+
+    gc_started = [0.0]
+    joins_began = [False]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        elif joins_began[0]:
+            record(f"gc.gen{info['generation']}", time.perf_counter() - gc_started[0])
+
+    gc.callbacks.append(on_gc)
+
     for module, cls, method, name in STAGES:
         klass = getattr(importlib.import_module(module), cls)
         if hasattr(klass, method):
@@ -117,6 +134,7 @@ def serve(argv: list[str]) -> int:
 
     async def serve_timed(self: Any, request: Any, ws: Any, join: Any) -> None:
         now = time.perf_counter()
+        joins_began[0] = True
         accepted = accepted_at.pop(id(request.transport.get_protocol()), None)
         if accepted is not None:
             record("accept_to_handler", now - accepted)

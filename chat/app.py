@@ -70,6 +70,29 @@ def _problem(status: int, message: str, **extra: Any) -> HTTPResponse:
     return json_response({"error": message, **extra}, status=status)
 
 
+def settle_gc(full_every: int) -> None:
+    """At startup, once everything the process keeps for its life exists.
+
+    The interpreter, Sanic, aiohttp, redis and botocore's models: a few hundred thousand
+    objects that live as long as the process. Frozen (gc.freeze), they are out of the
+    cyclic GC's way: every full collection (a pause of the event loop) walks only what
+    came after, the connections' objects. Python runs a full collection after 10
+    middle-generation ones once a quarter more objects than the last full one left have
+    survived since (CPython's long_lived_pending / long_lived_total); with the startup
+    objects frozen, the last full one left only connections' objects, so while connections
+    come that quarter is soon reached: two or three full collections (30-50 ms each at
+    1,000 connections) during a 1,000-client connect burst, in the joins'
+    p99. `full_every` (CHAT_GC_FULL_EVERY) middle-generation collections between two full
+    ones make them that much rarer; the connection's objects are freed by reference
+    counting at its end (chat/ws/lean.py breaks Sanic's cycles), so what waits for a
+    full collection is little (tests/integration/test_chat_memory.py).
+    """
+    gc.collect()
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, full_every)
+
+
 def create_app(config: Config) -> Sanic:
     install_lean_websockets()  # Sanic's handshake makes chat.ws.LeanWebsocket connections
     app = Sanic(f"canary_chat_{next(_app_ids)}", configure_logging=False,
@@ -174,11 +197,7 @@ def create_app(config: Config) -> Sanic:
         await cloudwatch.start()
         await target_watcher.start()
         await lb_weights.start()
-        # The interpreter, Sanic, aiohttp, redis and botocore's models: a few hundred
-        # thousand objects that live as long as the process. Out of the cyclic GC's way,
-        # every full collection (a pause of the event loop) walks only what came after.
-        gc.collect()
-        gc.freeze()
+        settle_gc(config.gc_full_every)
         log.info("server_start", extra={"event": "server_start", "host": config.host,
                                          "port": config.port})
 

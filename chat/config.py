@@ -77,6 +77,8 @@ class Config:
     answer joins' history without a Query; 0: off; 0-100000],
     CHAT_USER_ID_BLOCK [100: user ids leased per counter ADD, handed to joins without a
     round trip; 1: one ADD per join, concurrent joins sharing it (CHAT_SEQ_BATCH); 1-10000],
+    CHAT_GC_FULL_EVERY [100: collections of Python's cyclic GC's middle generation between
+    two full collections (gc.set_threshold's threshold2; Python's own is 10); 1-100000],
     CHAT_FLUSH_INTERVAL [0.1 s: the longest a message of a room with CHAT_FLUSH_MEMBERS
     or more clients on this instance waits to be written with others; 0: every message at
     once], CHAT_FLUSH_MEMBERS [200], CHAT_FLUSH_DUTY [0.25: such a room's writes take at
@@ -143,6 +145,9 @@ class Config:
     user_id_block: int = 100
     # the last numbers a room passed, kept to answer joins' history (rooms.Room.tail); 0: off
     history_memory: int = 1000
+    # the cyclic GC's full collections: at most one per this many middle-generation ones
+    # (app.settle_gc); a full one walks every connection's objects while the loop waits
+    gc_full_every: int = 100
     # large rooms: messages wait for the next flush while the room's writes would take
     # more than flush_duty of the loop, at most flush_interval seconds (rooms.Room)
     flush_interval: float = 0.1
@@ -187,6 +192,8 @@ class Config:
             raise ValueError("CHAT_HISTORY_MEMORY must be between 0 (off) and 100000")
         if not 1 <= self.user_id_block <= 10000:
             raise ValueError("CHAT_USER_ID_BLOCK must be between 1 and 10000")
+        if not 1 <= self.gc_full_every <= 100000:
+            raise ValueError("CHAT_GC_FULL_EVERY must be between 1 and 100000")
         if self.flush_members < 1:
             raise ValueError("CHAT_FLUSH_MEMBERS must be 1 or more")
         if not 0.0 <= self.flush_duty <= 1.0:
@@ -254,6 +261,7 @@ class Config:
             seq_batch=_int(env, "CHAT_SEQ_BATCH", 50),
             user_id_block=_int(env, "CHAT_USER_ID_BLOCK", 100),
             history_memory=_int(env, "CHAT_HISTORY_MEMORY", 1000),
+            gc_full_every=_int(env, "CHAT_GC_FULL_EVERY", 100),
             flush_interval=_float(env, "CHAT_FLUSH_INTERVAL", 0.1),
             flush_members=_int(env, "CHAT_FLUSH_MEMBERS", 200),
             flush_duty=_float(env, "CHAT_FLUSH_DUTY", 0.25),

@@ -81,7 +81,8 @@ class Connections:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
                                     config.socket_sndbuf)
         client: Client | None = None
-        record: asyncio.Future[str] | None = None  # the connection record's put, once started
+        # the connection record's put once started; its id once it landed
+        record: asyncio.Future[str] | str | None = None
         live = False
         drainer = self.drainer
         drainer.joining += 1
@@ -141,7 +142,9 @@ class Connections:
                 user_id=user_id, room=join.room, instance=config.instance_id,
                 color=config.color, version=config.version))
             with contextlib.suppress(StoreUnavailable):
-                await asyncio.shield(record)
+                # Only the id stays for the connection's life, not the finished task (its
+                # coroutine, context and the loop's weak reference: ~0.8 KiB a connection).
+                record = await asyncio.shield(record)
             await self._read(ws, client)
         except (ConnectionClosed, asyncio.CancelledError):
             pass
@@ -181,13 +184,14 @@ class Connections:
         await self.bus.presence_changed(client.room, +1)
         client.offer(protocol.presence_frame(await self.bus.presence(client.room)))
 
-    async def _cleanup(self, room: str | None, record: asyncio.Future[str] | None) -> None:
+    async def _cleanup(self, room: str | None,
+                       record: asyncio.Future[str] | str | None) -> None:
         if room is not None:
             await self.bus.presence_changed(room, -1)
         if record is None:
             return
         try:
-            connection_id = await record
+            connection_id = record if isinstance(record, str) else await record
         except StoreUnavailable as e:
             log.warning("connection_record_failed", extra={
                 "event": "connection_record_failed", "error": str(e)})
@@ -215,7 +219,8 @@ class Reader:
         self.config = connections.config
         self.metrics = connections.metrics
         self.bucket = TokenBucket(self.config.rate_per_s, self.config.rate_burst)
-        self.strikes = Strikes(self.config.rate_strikes, self.config.rate_strike_window)
+        # made at the first rate-limit violation: its deque is ~0.7 KiB a connection
+        self.strikes: Strikes | None = None
         self.struck = False  # closing for repeated rate-limit violations
         self.sends: deque[protocol.SendFrame] | None = None  # only while sends wait
         self.sender: asyncio.Task[None] | None = None
@@ -229,6 +234,9 @@ class Reader:
         if client.closed or self.struck:
             return
         if not self.bucket.take():
+            if self.strikes is None:
+                self.strikes = Strikes(self.config.rate_strikes,
+                                       self.config.rate_strike_window)
             if self.strikes.strike():
                 self.struck = True
                 log.info("ws_rate_strikes", extra={"event": "ws_rate_strikes",

@@ -54,11 +54,15 @@ def held_by_context_only(obj, objs):
 def dump(signum, frame):
     counts = dict.fromkeys(NAMES, 0)
     counts["context_requests"] = 0
+    counts["finished_record_tasks"] = 0
     objs = gc.get_objects()
     for obj in objs:
         name = type(obj).__name__
         if name == "LenientRequest" and held_by_context_only(obj, objs):
             counts["context_requests"] += 1
+        elif (name == "Task" and obj.done()
+              and getattr(obj.get_coro(), "__name__", "") == "add_connection"):
+            counts["finished_record_tasks"] += 1
         elif name in NAMES:
             counts[name] += 1
     with open(OUT + ".tmp", "w") as f:
@@ -73,13 +77,14 @@ sys.exit(main(sys.argv[3:]))
 class CountedChat:
     """`python -m chat serve` under WRAPPER: `counts()` -> live objects by type name."""
 
-    def __init__(self, stack: ChatStack, workdir: Path) -> None:
+    def __init__(self, stack: ChatStack, workdir: Path,
+                 names: tuple[str, ...] = PER_CONNECTION) -> None:
         self.port = free_port()
         self.out = workdir / "counts.json"
         self.log = workdir / "chat-counted.log"
         with self.log.open("wb") as logf:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", WRAPPER, str(self.out), ",".join(PER_CONNECTION),
+                [sys.executable, "-c", WRAPPER, str(self.out), ",".join(names),
                  "serve", "--host", "127.0.0.1", "--port", str(self.port), "--color",
                  "blue", "--version", "v1"],
                 cwd=REPO, env=stack.base_env(), stdout=logf, stderr=subprocess.STDOUT)
@@ -168,5 +173,35 @@ async def test_churned_connections_leave_no_object_for_the_gc(
         zero = dict.fromkeys(PER_CONNECTION, 0)
         counts, _ = await settled(chat, zero)
         assert counts == zero, "the last connection's objects stayed"
+    finally:
+        stop_process(chat.proc)
+
+
+async def test_a_live_connection_keeps_no_finished_record_put_nor_unused_strikes(
+        chat_stack: ChatStack, tmp_path: Path) -> None:
+    """What an idle connection keeps for its life: its connection record's id, not the put's
+    finished task; the rate-limit strikes only once it went over the rate."""
+    chat = CountedChat(chat_stack, tmp_path, names=("Reader", "Strikes"))
+    try:
+        await asyncio.to_thread(wait_for_http, f"http://127.0.0.1:{chat.port}/healthz", 30)
+        await asyncio.to_thread(chat.wait_ready)
+        room = f"idle-{time.time_ns()}"
+        c = await ChatClient.connect(chat.url(room, "idle"))
+        # an ack means its frames are read, which starts once the record's put finished
+        cid = await c.send("hello")
+        await c.wait_for(lambda: cid in c.acks, what="ack")
+        got = await asyncio.to_thread(chat.counts)
+        print(f"object counts {got}")
+        assert got["Reader"] == 1  # the connection is there and counted
+        assert got["finished_record_tasks"] == 0
+        assert got["Strikes"] == 0
+
+        for _ in range(30):  # over the burst (10) at once: rate_limited answers
+            await c.send_json({"type": "ping"})
+        await c.wait_for(lambda: any(e.get("code") == "rate_limited" for e in c.errors),
+                         what="rate_limited")
+        got = await asyncio.to_thread(chat.counts)
+        assert got["Strikes"] == 1
+        await c.close()
     finally:
         stop_process(chat.proc)
