@@ -662,7 +662,7 @@ def table(summary: dict[str, dict[str, Any]], quick: bool, started: str,
          f"{_f(p.get('connect_p50'))} / {_f(p.get('connect_p99'))}", "", "", ""),
         ("Load generator CPU per delivery, µs (same window)", _f(o.get("loadgen_cpu_us")),
          _f(p.get("loadgen_cpu_us")), "", "", ""),
-        ("Store latency, mean ms (blue, the three DynamoDB-emulator calls of a send, "
+        ("Store latency, mean ms (blue, the DynamoDB-emulator calls of a send, "
          "over the demo and the ladder)", _f(o.get("store_mean_ms")), "no storage", "", "", ""),
         ("Not delivered within the 8-10 s drain + duplicated + out of order (demo, and "
          "1,000 clients at the CPU rate)",

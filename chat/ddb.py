@@ -255,6 +255,11 @@ class DynamoDB:
     async def batch_write_item(self, **params: Any) -> dict[str, Any]:
         return await self.call("BatchWriteItem", params)
 
+    async def transact_write_items(self, **params: Any) -> dict[str, Any]:
+        # a cancelled transaction is a ClientError `TransactionCanceledException` whose
+        # response carries the body's `CancellationReasons` (parse_error keeps it), as botocore
+        return await self.call("TransactWriteItems", params)
+
     async def _frozen(self) -> Any:
         if self._static is not None:
             return self._static

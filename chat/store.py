@@ -11,11 +11,12 @@
   ADD is in flight are served together by the next `ADD n` (the counter's new value v gives
   them v-n+1 .. v, in the order they asked). DynamoDB's ADD is atomic across instances, so
   the numbers stay unique; a number handed to a send that was cancelled meanwhile is voided.
-- Before its message is written, a client_id is claimed by an idempotency record
-  (connections table, key `dedup#<room>#<client_id>`, 10 minutes) pointing at its seq, so
-  a retried client_id finds the original seq even after a Redis restart or on another
-  instance. (No TransactWriteItems: half the cost on DynamoDB, and the emulator's
-  transactions are not thread-safe.)
+- A message is written together with the idempotency record of its client_id (connections
+  table, key `dedup#<room>#<client_id>`, 10 minutes) pointing at its seq, in one
+  TransactWriteItems after the ADD: two sequential calls per send, not three. A retried
+  client_id finds the original seq even after a Redis restart or on another instance.
+  (Twice the write capacity of two PutItems: docs/cost.md; what DynamoDB and the emulator
+  do with transactions: docs/aws.md.)
 - A sequence number whose write failed gets a `void` item where possible, so readers skip
   it at once.
 - User ids come from the `user` counter in blocks (CHAT_USER_ID_BLOCK, default 100): one ADD
@@ -389,8 +390,11 @@ class MessageStore:
             return int(item["seq"]["N"]), int(item["claimed_at"]["N"])
         return None
 
-    async def _claim(self, room: str, client_id: str, seq: int, replaces: int | None) -> bool:
-        """Point the client_id at `seq`; False if a live record points elsewhere."""
+    def _claim_put(self, room: str, client_id: str, seq: int, replaces: int | None
+                   ) -> dict[str, Any]:
+        """The idempotency record pointing `client_id` at `seq`, as a conditional Put: taken
+        only if no live record exists (`replaces` None), or only from the record that points
+        at `replaces` (a resend taking over a failed first attempt)."""
         now = int(time.time())
         if replaces is None:
             cond = "attribute_not_exists(connection_id) OR expires_at < :now"
@@ -398,14 +402,20 @@ class MessageStore:
         else:
             cond = "seq = :old"
             values = {":old": {"N": str(replaces)}}
+        return {"TableName": self.connections,
+                "Item": {**self._dedup_key(room, client_id), "seq": {"N": str(seq)},
+                         "claimed_at": {"N": str(_now_ms())},
+                         "expires_at": {"N": str(now + DEDUP_SECONDS)},
+                         TTL_ATTRIBUTE: {"N": str(now + DEDUP_SECONDS + 60)}},
+                "ConditionExpression": cond, "ExpressionAttributeValues": values}
+
+    async def _claim(self, room: str, client_id: str, seq: int, replaces: int | None) -> bool:
+        """The idempotency record alone, as a PutItem; False if a live record points
+        elsewhere. A record without its message is what a send of the version before the
+        transactional write leaves behind while its message write is in flight or after it
+        failed; append() still honours such records, and tests write them with this."""
         try:
-            await self.client.put_item(
-                TableName=self.connections,
-                Item={**self._dedup_key(room, client_id), "seq": {"N": str(seq)},
-                      "claimed_at": {"N": str(_now_ms())},
-                      "expires_at": {"N": str(now + DEDUP_SECONDS)},
-                      TTL_ATTRIBUTE: {"N": str(now + DEDUP_SECONDS + 60)}},
-                ConditionExpression=cond, ExpressionAttributeValues=values)
+            await self.client.put_item(**self._claim_put(room, client_id, seq, replaces))
             return True
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
@@ -413,6 +423,45 @@ class MessageStore:
             raise StoreUnavailable(f"put_item: {e}") from e
         except (TimeoutError, BotoCoreError, OSError) as e:
             raise StoreUnavailable(f"put_item: {e}") from e
+
+    async def _commit(self, room: str, client_id: str, seq: int, replaces: int | None,
+                      item: dict[str, Any]) -> bool:
+        """The idempotency record and the message `item` (number `seq`) in one
+        TransactWriteItems: both are written, or neither.
+
+        True when both are stored. False when the record's condition failed (a live record
+        of this client_id points at another number) or DynamoDB cancelled the transaction
+        for a conflict with another request on one of the two items (TransactionConflict):
+        the caller voids `seq` and looks at the record. StoreUnavailable when only the
+        message's condition failed (the number is fenced or voided: the sender is answered
+        `unavailable` and its retry gets a new number) or DynamoDB did not answer.
+
+        The ClientRequestToken makes the client's own retry of this call (after a timeout
+        or a 5xx) idempotent on DynamoDB for 10 minutes: a first attempt that did commit is
+        answered as a success, not as a cancellation by its own writes."""
+        message_put = {"TableName": self.messages, "Item": item,
+                       "ConditionExpression": "attribute_not_exists(seq)"}
+        try:
+            await self.client.transact_write_items(
+                TransactItems=[{"Put": self._claim_put(room, client_id, seq, replaces)},
+                               {"Put": message_put}],
+                ClientRequestToken=uuid.uuid4().hex)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") == "TransactionCanceledException":
+                self.last_ok = time.monotonic()  # DynamoDB answered
+                reasons = [r.get("Code") for r in e.response.get("CancellationReasons", [])]
+                claim, stored = [*reasons, "None", "None"][:2]
+                if claim == "ConditionalCheckFailed" or "TransactionConflict" in reasons:
+                    return False
+                if stored == "ConditionalCheckFailed":
+                    raise StoreUnavailable(f"number {seq} of {room} is fenced") from e
+            self.last_error = time.monotonic()
+            raise StoreUnavailable(f"transact_write_items: {e}") from e
+        except (TimeoutError, BotoCoreError, OSError) as e:
+            self.last_error = time.monotonic()
+            raise StoreUnavailable(f"transact_write_items: {e}") from e
+        self.last_ok = time.monotonic()
+        return True
 
     async def _status(self, room: str, seq: int, client_id: str) -> str:
         """'stored', 'void' or 'missing' for one sequence number, from `client_id`'s view."""
@@ -424,12 +473,14 @@ class MessageStore:
                      color: str) -> Appended:
         """Store a message under the room's next seq, or find the seq of its first send.
 
-        Normal path, three writes: the atomic ADD, the idempotency record (claimed only if
-        no live record exists), the message. A resend finds the record: if its message is
-        stored, the first seq is returned (never stored twice); if that attempt failed
-        (void, or missing for longer than STALE_CLAIM_MS) this send takes the record over;
-        if it is still in flight, this waits for it (bounded). A number this send took
-        and cannot use is marked void, so readers skip it at once.
+        Normal path, two calls: the atomic ADD, then one transaction writing the idempotency
+        record (claimed only if no live record exists) and the message (only if the number
+        holds no item: a fenced number stays void). A record therefore exists only with its
+        message. A resend finds the record: if its message is stored, the first seq is
+        returned (never stored twice); if that attempt failed (void, or missing for longer
+        than STALE_CLAIM_MS: a record written alone by an older version) this send takes the
+        record over; if it is still in flight, this waits for it (bounded). A number this
+        send took and cannot use is marked void, so readers skip it at once.
         """
         taken: list[int] = []
         try:
@@ -449,8 +500,15 @@ class MessageStore:
         replaces: int | None = None
         while True:
             seq = await self._number(f"room#{room}", room, taken)
-            if await self._claim(room, client_id, seq, replaces):
-                break
+            ts = _now_ms()
+            item = {"room": {"S": room}, "seq": {"N": str(seq)},
+                    "user_id": {"N": str(user_id)}, "name": {"S": name},
+                    "text": {"S": text}, "ts": {"N": str(ts)}, "color": {"S": color},
+                    "client_id": {"S": client_id}}
+            if await self._commit(room, client_id, seq, replaces, item):
+                return Appended(seq, ts, False, message(
+                    room=room, seq=seq, user_id=user_id, name=name, text=text, ts=ts,
+                    color=color))
             await self._void(room, seq)
             while True:
                 held = await self._dedup(room, client_id)
@@ -472,21 +530,8 @@ class MessageStore:
                 if time.monotonic() > deadline:
                     raise StoreUnavailable("an earlier send of this client_id is in flight")
                 await asyncio.sleep(0.1)
-        ts = _now_ms()
-        frame = message(room=room, seq=seq, user_id=user_id, name=name, text=text, ts=ts,
-                              color=color)
-        try:
-            await self.client.put_item(
-                TableName=self.messages,
-                Item={"room": {"S": room}, "seq": {"N": str(seq)},
-                      "user_id": {"N": str(user_id)}, "name": {"S": name},
-                      "text": {"S": text}, "ts": {"N": str(ts)}, "color": {"S": color},
-                      "client_id": {"S": client_id}},
-                ConditionExpression="attribute_not_exists(seq)")
-        except (TimeoutError, BotoCoreError, ClientError, OSError) as e:
-            await self._void(room, seq)
-            raise StoreUnavailable(f"put_item: {e}") from e
-        return Appended(seq, ts, False, frame)
+            if time.monotonic() > deadline:  # conflicts every time: give up, the client retries
+                raise StoreUnavailable("the send's transaction kept being cancelled")
 
     async def fence(self, room: str, seq: int) -> Message | None:
         """Settle a number a reader will not wait for any longer: void it unless its message

@@ -264,21 +264,21 @@ async def test_a_send_cancelled_half_way_voids_its_number_so_rooms_skip_it_at_on
     _, r = await add_client(rooms, room, ws)
     m1 = await store_message(store, room, "a")
     stuck = asyncio.Event()
-    real_claim = store._claim
+    real_commit = store._commit
 
-    async def slow_claim(*args: Any, **kwargs: Any) -> bool:
+    async def slow_commit(*args: Any, **kwargs: Any) -> bool:
         stuck.set()
         await asyncio.Event().wait()  # the connection goes away during this call
-        return await real_claim(*args, **kwargs)
+        return await real_commit(*args, **kwargs)
 
-    store._claim = slow_claim  # type: ignore[method-assign]
+    store._commit = slow_commit  # type: ignore[method-assign]
     send = asyncio.create_task(store.append(room=room, user_id=7, name="w", text="b",
                                             client_id=uuid.uuid4().hex, color="green"))
     await asyncio.wait_for(stuck.wait(), 10)
     send.cancel()
     with pytest.raises(asyncio.CancelledError):
         await send
-    store._claim = real_claim  # type: ignore[method-assign]
+    store._commit = real_commit  # type: ignore[method-assign]
     m3 = await store_message(store, room, "c")
     r.offer(*m1)
     r.offer(*m3)

@@ -19,6 +19,10 @@ from botocore import xform_name
 
 REPO = Path(__file__).resolve().parents[2]
 NOT_THE_TASKS = {"tables.py"}
+# IAM has no action for a transaction itself: each action inside it needs the permission of
+# the operation it stands for (Put: dynamodb:PutItem, ConditionCheck:
+# dynamodb:ConditionCheckItem, ...), docs/aws.md. The store's TransactWriteItems holds Puts.
+TRANSACTION_ACTIONS = {"TransactWriteItems": {"PutItem"}}
 
 
 def operations_called_by_the_chat() -> set[str]:
@@ -43,4 +47,15 @@ def test_the_task_role_allows_every_dynamodb_operation_the_chat_calls() -> None:
     allowed = {a.removeprefix("dynamodb:") for a in defaults["security_dynamodb_actions"]}
     called = operations_called_by_the_chat()
     assert {"GetItem", "PutItem", "Query", "BatchWriteItem"} <= called  # the scan works
+    for op, needs in TRANSACTION_ACTIONS.items():
+        if op in called:
+            called = (called - {op}) | needs
     assert called - allowed == set()
+
+
+def test_the_store_s_transactions_hold_only_the_actions_mapped_above() -> None:
+    store = (REPO / "chat" / "store.py").read_text()
+    assert "transact_write_items(" in store
+    # the actions the store puts into TransactItems: {"Put": ...}, {"Update": ...}, ...
+    actions = set(re.findall(r"\{\"(Put|Update|Delete|ConditionCheck)\": ", store))
+    assert actions == {"Put"}, "map the new transaction actions in TRANSACTION_ACTIONS"

@@ -3,9 +3,9 @@
     dynamodb_emulator.py -H HOST -p PORT      (the arguments of `moto_server`)
 
 Each patch is a module of the moto_patches package beside this file (its docstring says what
-it fixes and which test proves it): table_id, indexed_query, atomic_writes (the table
-patches, `patch()`), cloudwatch_percentiles, keep_alive with sigv4_key and fast_path (the
-request handler), gc_pauses. Environment: EMULATOR_ACCESS_KEY_ID and
+it fixes and which test proves it): table_id, indexed_query, atomic_writes, transact_writes
+(the table patches, `patch()`), cloudwatch_percentiles, keep_alive with sigv4_key and
+fast_path (the request handler), gc_pauses. Environment: EMULATOR_ACCESS_KEY_ID and
 EMULATOR_SECRET_ACCESS_KEY (sigv4_key: only requests signed with that key are answered),
 EMULATOR_FAST_PATH=0 (fast_path: every request through werkzeug and Flask).
 
@@ -30,6 +30,7 @@ from moto_patches import (  # noqa: E402
     indexed_query,
     keep_alive,
     table_id,
+    transact_writes,
 )
 from moto_patches import fast_path as fast_path  # noqa: E402
 
@@ -39,6 +40,7 @@ def patch() -> None:
     table_id.install()
     indexed_query.install()
     atomic_writes.install()
+    transact_writes.install()
 
 
 def main(argv: list[str]) -> None:

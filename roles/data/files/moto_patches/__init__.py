@@ -6,6 +6,8 @@ table_id                DescribeTable without TableId          unit/test_emulato
 indexed_query           Query walking the whole table          unit/test_dynamodb_emulator.py
 atomic_writes           concurrent writes racing               integration/
                                                                  test_dynamodb_emulator_atomic.py
+transact_writes         TransactWriteItems copying the tables  integration/
+                                                                 test_dynamodb_emulator_transact.py
 keep_alive              a new connection per call              integration/
                                                                  test_dynamodb_emulator_keepalive.py
 fast_path               werkzeug, Flask and dispatch per call  integration/
