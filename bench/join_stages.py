@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import contextvars
 import functools
 import json
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -224,26 +226,23 @@ async def seed(url: str, room: str, n: int) -> None:
             await asyncio.sleep(0.2)  # under the per-connection rate limit
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--joins", type=int, default=300)
-    ap.add_argument("--concurrency", type=int, default=50)
-    ap.add_argument("--room-messages", type=int, default=0,
-                    help="messages sent to the room before the joins")
-    ap.add_argument("--env", action="append", default=[],
-                    help="KEY=VALUE for the chat process (repeatable)")
-    args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="join-stages-"))
+@contextlib.contextmanager
+def stage_stack(script: str, prefix: str, out_var: str,
+                extra_env: list[str]) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    """A private stack on free ports for a per-stage script: redis-server, the DynamoDB
+    emulator with the tables, and one chat process run by `script`'s own `serve` (which
+    writes its stage samples to the file named by the env var `out_var`). Yields the
+    WebSocket URL, the chat process and that file; stops everything on the way out."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     ports = {k: free_port() for k in ("redis", "moto", "chat")}
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
            "AWS_REGION": "ap-northeast-2", "AWS_DEFAULT_REGION": "ap-northeast-2",
            "AWS_ENDPOINT_URL_DYNAMODB": f"http://127.0.0.1:{ports['moto']}",
            "REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0", "CHAT_LOG_LEVEL": "WARNING",
-           "JOIN_STAGES_OUT": str(tmp / "stages.json")}
+           out_var: str(tmp / "stages.json")}
     env.pop("AWS_PROFILE", None)
-    for kv in args.env:
+    for kv in extra_env:
         k, _, v = kv.partition("=")
         env[k] = v
     procs: list[subprocess.Popen[bytes]] = []
@@ -264,10 +263,44 @@ def main() -> int:
         wait_http(f"http://127.0.0.1:{ports['moto']}/moto-api/")
         subprocess.run([sys.executable, "-m", "chat", "init-tables"], cwd=REPO, env=env,
                        check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        chat = start("chat", [sys.executable, str(Path(__file__).resolve()), "serve",
+        chat = start("chat", [sys.executable, script, "serve",
                               "--port", str(ports["chat"]), "--color", "blue"])
         wait_http(f"http://127.0.0.1:{ports['chat']}/readyz")
-        url = f"ws://127.0.0.1:{ports['chat']}/ws"
+        yield f"ws://127.0.0.1:{ports['chat']}/ws", chat, tmp / "stages.json"
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+def print_stages(rows: dict[str, list[float]], width: int) -> None:
+    """One line per stage with samples: n, mean, p50, p90, p99, max (ms)."""
+    print(f"{'stage (ms)':{width}} {'n':>6} {'mean':>7} {'p50':>7} {'p90':>7} {'p99':>7} "
+          f"{'max':>7}")
+    for name, xs in rows.items():
+        s = percentiles(xs)
+        if s["n"]:
+            print(f"{name:{width}} {s['n']:>6} {s['mean']:>7.1f} {s['p50']:>7.1f} "
+                  f"{s['p90']:>7.1f} {s['p99']:>7.1f} {s['max']:>7.1f}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--joins", type=int, default=300)
+    ap.add_argument("--concurrency", type=int, default=50)
+    ap.add_argument("--room-messages", type=int, default=0,
+                    help="messages sent to the room before the joins")
+    ap.add_argument("--env", action="append", default=[],
+                    help="KEY=VALUE for the chat process (repeatable)")
+    args = ap.parse_args()
+
+    with stage_stack(str(Path(__file__).resolve()), "join-stages-", "JOIN_STAGES_OUT",
+                     args.env) as (url, chat, out):
         room = "stages-" + uuid.uuid4().hex[:6]
         if args.room_messages:
             asyncio.run(seed(url, room, args.room_messages))
@@ -277,24 +310,10 @@ def main() -> int:
         time.sleep(1.0)  # the last records and presence updates
         chat.send_signal(signal.SIGTERM)
         chat.wait(30)
-        samples = json.loads((tmp / "stages.json").read_text())
-    finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        samples = json.loads(out.read_text())
     print(f"{args.joins} joins, {args.concurrency} in flight, {failed} failed, "
           f"{wall:.1f} s wall; load {os.getloadavg()[0]:.2f}")
-    rows = {"client: handshake -> history": took, **samples}
-    print(f"{'stage (ms)':34} {'n':>5} {'mean':>7} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7}")
-    for name, xs in rows.items():
-        s = percentiles(xs)
-        if s["n"]:
-            print(f"{name:34} {s['n']:>5} {s['mean']:>7.1f} {s['p50']:>7.1f} {s['p90']:>7.1f}"
-                  f" {s['p99']:>7.1f} {s['max']:>7.1f}")
+    print_stages({"client: handshake -> history": took, **samples}, 34)
     return 0
 
 

@@ -22,11 +22,8 @@ import functools
 import json
 import os
 import random
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -35,9 +32,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from join_stages import percentiles  # noqa: E402
-
-from bench import free_port, wait_http  # noqa: E402
+from join_stages import print_stages, stage_stack  # noqa: E402
 
 
 def serve(argv: list[str]) -> int:
@@ -167,61 +162,16 @@ def main() -> int:
                     help="KEY=VALUE for the chat process (repeatable)")
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="send-stages-"))
-    ports = {k: free_port() for k in ("redis", "moto", "chat")}
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-           "AWS_REGION": "ap-northeast-2", "AWS_DEFAULT_REGION": "ap-northeast-2",
-           "AWS_ENDPOINT_URL_DYNAMODB": f"http://127.0.0.1:{ports['moto']}",
-           "REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0", "CHAT_LOG_LEVEL": "WARNING",
-           "SEND_STAGES_OUT": str(tmp / "stages.json")}
-    env.pop("AWS_PROFILE", None)
-    for kv in args.env:
-        k, _, v = kv.partition("=")
-        env[k] = v
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        with (tmp / f"{name}.log").open("wb") as out:
-            p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-                                 stdin=subprocess.DEVNULL)
-        procs.append(p)
-        return p
-
-    try:
-        start("redis", [shutil.which("redis-server") or "redis-server", "--port",
-                        str(ports["redis"]), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no", "--dir", str(tmp)])
-        start("moto", [sys.executable, str(REPO / "roles/data/files/dynamodb_emulator.py"),
-                       "-H", "127.0.0.1", "-p", str(ports["moto"])])
-        wait_http(f"http://127.0.0.1:{ports['moto']}/moto-api/")
-        subprocess.run([sys.executable, "-m", "chat", "init-tables"], cwd=REPO, env=env,
-                       check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        chat = start("chat", [sys.executable, str(Path(__file__).resolve()), "serve",
-                              "--port", str(ports["chat"]), "--color", "blue"])
-        wait_http(f"http://127.0.0.1:{ports['chat']}/readyz")
-        url = f"ws://127.0.0.1:{ports['chat']}/ws"
+    with stage_stack(str(Path(__file__).resolve()), "send-stages-", "SEND_STAGES_OUT",
+                     args.env) as (url, chat, out):
         room = "sends-" + uuid.uuid4().hex[:6]
         client = asyncio.run(load(url, room, args.users, args.rate, args.seconds))
         chat.send_signal(signal.SIGTERM)
         chat.wait(30)
-        samples = json.loads((tmp / "stages.json").read_text())
-    finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        samples = json.loads(out.read_text())
     print(f"{args.users} users, {args.rate:g} msg/s, {args.seconds:g} s; "
           f"load {os.getloadavg()[0]:.2f}")
-    rows = {**client, **samples}
-    print(f"{'stage (ms)':40} {'n':>6} {'mean':>7} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7}")
-    for name, xs in rows.items():
-        s = percentiles(xs)
-        if s["n"]:
-            print(f"{name:40} {s['n']:>6} {s['mean']:>7.1f} {s['p50']:>7.1f} {s['p90']:>7.1f}"
-                  f" {s['p99']:>7.1f} {s['max']:>7.1f}")
+    print_stages({**client, **samples}, 40)
     return 0
 
 
