@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +68,11 @@ def percentiles(xs: list[float]) -> dict[str, float]:
 # --------------------------------------------------------------------------- server side
 
 
-def serve(argv: list[str]) -> int:
-    """`python -m chat serve` with timing wrappers; the samples go to $JOIN_STAGES_OUT."""
-    import importlib
 
-    samples: dict[str, list[float]] = {}
-    started: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-        "join_started", default=None)
-
+def stage_timers(samples: dict[str, list[float]]
+                 ) -> tuple[Callable[[str, float], None], Callable[[str, Any], Any]]:
+    """`record(name, seconds)` appends a sample in ms to `samples[name]`; `timed(name, fn)`
+    wraps a coroutine function so that each call's duration is recorded under `name`."""
     def record(name: str, seconds: float) -> None:
         samples.setdefault(name, []).append(seconds * 1000)
 
@@ -88,6 +85,18 @@ def serve(argv: list[str]) -> int:
             finally:
                 record(name, time.perf_counter() - t0)
         return wrapper
+
+    return record, timed
+
+def serve(argv: list[str]) -> int:
+    """`python -m chat serve` with timing wrappers; the samples go to $JOIN_STAGES_OUT."""
+    import importlib
+
+    samples: dict[str, list[float]] = {}
+    started: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+        "join_started", default=None)
+
+    record, timed = stage_timers(samples)
 
     # The cyclic GC's pauses of the event loop by generation, from the first join on (not
     # the startup's own collection): a full collection walks every connection's objects.

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import os
 import random
@@ -32,25 +31,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from join_stages import print_stages, stage_stack  # noqa: E402
+from join_stages import print_stages, stage_stack, stage_timers  # noqa: E402
 
 
 def serve(argv: list[str]) -> int:
     """`python -m chat serve` with timing wrappers; the samples go to $SEND_STAGES_OUT."""
     samples: dict[str, list[float]] = {}
 
-    def record(name: str, seconds: float) -> None:
-        samples.setdefault(name, []).append(seconds * 1000)
-
-    def timed(name: str, fn: Any) -> Any:
-        @functools.wraps(fn)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return await fn(*args, **kwargs)
-            finally:
-                record(name, time.perf_counter() - t0)
-        return wrapper
+    record, timed = stage_timers(samples)
 
     from chat import ddb, store
 
