@@ -51,6 +51,10 @@ REQUEST_BUDGET_BYTES = 256 * 1024
 LATENCY_MIN_MS = 0.01
 LATENCY_MAX_MS = 3_600_000.0  # an hour: a send never waits that long
 
+# Batches go this long after each beat of the wall clock, so that a timer waking a little
+# early still sends after the boundary and not a sliver of a batch just before it.
+BEAT_OFFSET = 0.05
+
 # One put: 2 s to connect, 5 s to answer, one attempt; the whole flush at most PUT_SECONDS.
 PUT_SECONDS = 8.0
 
@@ -100,8 +104,10 @@ def close_codes(ws: Any) -> tuple[int | None, int | None, bool | None]:
 
 @dataclass
 class Tally:
-    """One interval's figures; the hot path's only write target."""
+    """One interval's figures; the hot path's only write target. `started`: wall-clock
+    epoch seconds of the interval's first instant, the Timestamp its batch carries."""
 
+    started: float = field(default_factory=time.time)
     sends: int = 0
     send_errors: int = 0
     unexpected_closes: int = 0
@@ -138,6 +144,13 @@ def metric_data(tally: Tally, *, color: str, connections: float,
         data.append(datum("AckLatency", "Milliseconds", Values=[v for v, _ in chunk],
                           Counts=[float(c) for _, c in chunk]))
     return data
+
+
+def next_boundary(wall: float, interval: float) -> float:
+    """Seconds from `wall` (epoch seconds) to the next multiple of `interval` since the
+    epoch: the publisher's beat, so that with an interval dividing the gate's period (10 s)
+    each batch covers one CloudWatch period and not a piece of two."""
+    return interval - (wall % interval)
 
 
 def datum_bytes(datum: dict[str, Any]) -> int:
@@ -225,14 +238,12 @@ class Publisher:
         self._client = None
 
     async def _run(self) -> None:
-        # Batches on a fixed beat. A put slower than the interval delays the next batch (which
-        # then carries everything since this one: nothing is lost, one datapoint is larger);
-        # a put that fails or outlasts PUT_SECONDS drops its own batch only.
-        loop = asyncio.get_running_loop()
-        next_at = loop.time() + self.interval
+        # Batches on the wall clock's beat (next_boundary). A put slower than the interval
+        # delays the next batch (which then carries everything since this one: nothing is
+        # lost, one datapoint is larger); a put that fails or outlasts PUT_SECONDS drops its
+        # own batch only.
         while True:
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            next_at = max(next_at + self.interval, loop.time())
+            await asyncio.sleep(next_boundary(time.time(), self.interval) + BEAT_OFFSET)
             try:
                 await asyncio.wait_for(self.flush(), PUT_SECONDS)
             except TimeoutError:
@@ -241,10 +252,16 @@ class Publisher:
                     "event": "cloudwatch_put_failed", "error": "timeout"})
 
     async def flush(self) -> None:
-        """Send the current tally (and start a new one); a failure drops it."""
+        """Send the current tally (and start a new one); a failure drops it.
+
+        The batch is stamped with the tally's start, never the time it is sent: CloudWatch
+        files a datum in the period holding its Timestamp, and the gate counts only periods
+        that start at or after the weights moved, so a tally that began before the move
+        (say the last seconds of the previous step's traffic, sent just after the move)
+        must land in a period the gate drops (docs/aws-metrics.md)."""
         tally, self.tally = self.tally, Tally()
         data = metric_data(tally, color=self.color, connections=self.connections(),
-                           at=datetime.now(UTC))
+                           at=datetime.fromtimestamp(tally.started, UTC))
         t0 = time.monotonic()
         for batch in batches(data):
             try:

@@ -8,17 +8,35 @@ and ignores StorageResolution (the unit tests check the request's fields).
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
-from chat.cloudwatch import Publisher
+from chat.cloudwatch import Publisher, next_boundary
 from tests.chatstack import ChatClient, ChatInstance, ChatStack
 from tests.conftest import Service, free_port, start_moto
+
+_COLLECTIONS = str(Path(__file__).resolve().parents[2] / "collections")
+if _COLLECTIONS not in sys.path:
+    sys.path.insert(0, _COLLECTIONS)
+
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift import (  # noqa: E402
+    core,
+    elbv2,
+)
+
+LISTENER = ("arn:aws:elasticloadbalancing:ap-northeast-2:123456789012:"
+            "listener/app/canary-chat/50dc6c495c0c9188/f2f7dc8efc522ab2")
+TARGETS = "arn:aws:elasticloadbalancing:ap-northeast-2:123456789012:targetgroup/chat-green/bb"
+THRESHOLDS = core.Thresholds(min_healthy=1, max_error_rate=0.05, max_p95_ms=500, min_sends=1,
+                             max_alb_5xx=0)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -162,3 +180,42 @@ async def test_put_to_an_unreachable_endpoint_is_dropped_then_the_next_one_lands
         assert stat(cloudwatch, "AckLatency", "blue", "Average", since, namespace) == 11.0
     finally:
         await up.stop()
+
+
+async def test_a_batch_begun_before_the_weights_moved_never_counts_in_the_step(
+        cloudwatch: Service, monkeypatch: pytest.MonkeyPatch):
+    """The gate (the elbv2 driver, 10 s periods) counts the periods that start at or after
+    the apply time. Sends of the previous step, sent in a batch that goes out just after the
+    weights moved, are not the new step's: they must not count, and sends after the move
+    must."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_CLOUDWATCH", cloudwatch.url)
+    namespace = "CanaryChat"
+    color = "green-" + uuid.uuid4().hex[:6]
+    pub = Publisher(color=color, namespace=namespace, interval=3600, region="ap-northeast-2",
+                    enabled=True, connections=lambda: 1.0)
+    await pub.start()
+    try:
+        for _ in range(10):  # the previous step's traffic: 10 sends, 2 of them failed
+            pub.ack(0.004)
+        pub.send_error()
+        pub.send_error()
+        # the weights move at the start of the next 10 s period; the batch holding those
+        # sends goes out just after
+        await asyncio.sleep(next_boundary(time.time(), 10) + 0.2)
+        applied = time.time() - (time.time() % 10)
+        await pub.flush()
+        driver = elbv2.ELBv2Driver(None, cw_client(cloudwatch), LISTENER, {color: TARGETS},
+                                   chat_period=10, retry=False)
+        driver.mark_applied(applied)
+        gates = {r["gate"]: r for r in driver.bake_readings(color, THRESHOLDS)}
+        assert gates["error_rate"]["value"] is None, gates["error_rate"]  # no data, no breach
+        assert "in 0 datapoints" in gates["error_rate"]["detail"], gates["error_rate"]
+        # what the color does after the move is the step's
+        for _ in range(3):
+            pub.ack(0.004)
+        await pub.flush()
+        gates = {r["gate"]: r for r in driver.bake_readings(color, THRESHOLDS)}
+        assert gates["error_rate"]["value"] == 0.0, gates["error_rate"]
+        assert "of 3 Sends in 1 datapoints" in gates["error_rate"]["detail"], gates["error_rate"]
+    finally:
+        await pub.stop()

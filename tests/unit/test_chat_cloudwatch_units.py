@@ -231,3 +231,16 @@ def test_task_ip_from_the_metadata_v4_task_document():
     assert ip_from_task_metadata(doc) == "10.0.12.34"
     assert ip_from_task_metadata({"Containers": [{"Name": "x"}]}) is None
     assert ip_from_task_metadata({}) is None
+
+
+# --- the beat --------------------------------------------------------------------------
+
+
+def test_batches_beat_on_multiples_of_the_interval_since_the_epoch():
+    # 10 s interval: from 12.5 s past a multiple the next batch is 7.5 s away, from a
+    # multiple itself a whole interval (never zero: no empty batch right after a full one)
+    assert cw.next_boundary(1_800_000_012.5, 10) == pytest.approx(7.5)
+    assert cw.next_boundary(1_800_000_010.0, 10) == pytest.approx(10.0)
+    assert cw.next_boundary(1_800_000_019.99, 10) == pytest.approx(0.01)
+    # an interval dividing a minute keeps the batches on the gate's 10 s periods
+    assert (1_800_000_012.5 + cw.next_boundary(1_800_000_012.5, 5)) % 10 in (0.0, 5.0)
