@@ -19,23 +19,50 @@ lint() {
 
 if [ "${1:-}" = "lint" ]; then lint; exit 0; fi
 
-lint
-echo "== pytest"
-python -m pytest -p no:cacheprovider --durations=30 "$@"
-
-# The local target as molecule sees it (converge, idempotence, verify, cleanup). It uses
-# the fixed local-stack ports and /var/lib/canary-chat, so it runs after pytest (whose e2e
-# module tears its own stack down) and only as root, like the e2e tests.
-if [ "$(id -u)" -eq 0 ] && [ "$#" -eq 0 ]; then
-  echo "== molecule (local target)"
-  molecule test -s local </dev/null
+# A subset (pytest arguments given): the static checks, then those tests.
+if [ "$#" -gt 0 ]; then
+  lint
+  echo "== pytest"
+  exec python -m pytest -p no:cacheprovider "$@"
 fi
 
-# The AWS target as molecule sees it, against an emulator its prepare step starts on a free
-# port (no fixed ports, no root needed).
-if [ "$#" -eq 0 ]; then
-  echo "== molecule (AWS target on the emulator)"
+echo "== pytest ($(date -u +%T))"
+python -m pytest -p no:cacheprovider --durations=30
+
+# Then three jobs side by side, each with its own log printed whole at the end: the static
+# checks, and the two targets as molecule sees them (converge, idempotence, verify,
+# cleanup). They share no port and no state: the local scenario uses the fixed local-stack
+# ports and /var/lib/canary-chat (so it runs after pytest, whose e2e module tears its own
+# stack down, and only as root, like the e2e tests); the AWS scenario starts an emulator on
+# a free port. None of them has a time limit that a shared CPU could trip (the timed suites
+# all ran above, alone).
+logs=$(mktemp -d)
+declare -A jobs=()
+job() {  # job NAME COMMAND...: run in the background, timed, into $logs/NAME
+  local name=$1; shift
+  (
+    trap 'echo "== $name: rc $? (ended $(date -u +%T))"' EXIT
+    echo "== $name (started $(date -u +%T))"
+    "$@"  # errexit holds in here: the first failing check ends the job
+  ) >"$logs/$name" 2>&1 &
+  jobs[$name]=$!
+}
+molecule_aws() {
   # a previous run's state would make molecule skip prepare (the emulator's start)
-  molecule reset -s aws </dev/null
-  molecule test -s aws </dev/null
+  molecule reset -s aws && molecule test -s aws
+}
+job lint lint
+[ "$(id -u)" -eq 0 ] && job "molecule (local target)" molecule test -s local
+job "molecule (AWS target on the emulator)" molecule_aws
+failed=()
+for name in lint "molecule (local target)" "molecule (AWS target on the emulator)"; do
+  [ -n "${jobs[$name]:-}" ] || continue
+  wait "${jobs[$name]}" || failed+=("$name")
+  cat "$logs/$name"
+done
+rm -rf "$logs"
+if [ "${#failed[@]}" -gt 0 ]; then
+  printf 'failed: %s\n' "${failed[@]}"
+  exit 1
 fi
+echo "== all passed ($(date -u +%T))"
