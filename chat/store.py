@@ -409,21 +409,6 @@ class MessageStore:
                          TTL_ATTRIBUTE: {"N": str(now + DEDUP_SECONDS + 60)}},
                 "ConditionExpression": cond, "ExpressionAttributeValues": values}
 
-    async def _claim(self, room: str, client_id: str, seq: int, replaces: int | None) -> bool:
-        """The idempotency record alone, as a PutItem; False if a live record points
-        elsewhere. A record without its message is what a send of the version before the
-        transactional write leaves behind while its message write is in flight or after it
-        failed; append() still honours such records, and tests write them with this."""
-        try:
-            await self.client.put_item(**self._claim_put(room, client_id, seq, replaces))
-            return True
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise StoreUnavailable(f"put_item: {e}") from e
-        except (TimeoutError, BotoCoreError, OSError) as e:
-            raise StoreUnavailable(f"put_item: {e}") from e
-
     async def _commit(self, room: str, client_id: str, seq: int, replaces: int | None,
                       item: dict[str, Any]) -> bool:
         """The idempotency record and the message `item` (number `seq`) in one

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from botocore.exceptions import ClientError
 
 from chat.config import Config
 from chat.store import MessageStore
@@ -32,3 +33,18 @@ async def store(request: pytest.FixtureRequest, moto_server: Service
     await s.init_tables()
     yield s
     await s.close()
+
+
+async def claim_alone(store: MessageStore, room: str, client_id: str, seq: int,
+                      replaces: int | None = None) -> bool:
+    """The idempotency record pointing `client_id` at `seq`, written alone (a PutItem with
+    the store's own conditions): what a send of the version before the transactional write
+    leaves behind while its message write is in flight, or after it failed. False when a
+    live record points elsewhere."""
+    try:
+        await store.client.put_item(**store._claim_put(room, client_id, seq, replaces))
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True

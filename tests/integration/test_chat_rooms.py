@@ -18,6 +18,7 @@ from chat.metrics import Metrics
 from chat.rooms import Client, Room, Rooms
 from chat.store import MessageStore
 from tests.conftest import Service
+from tests.storestack import claim_alone
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -346,7 +347,7 @@ async def test_concurrent_sends_of_one_client_id_store_one_message(store):
 async def test_a_client_id_whose_first_write_failed_can_be_sent_again(store):
     room = "f-" + uuid.uuid4().hex[:8]
     seq = await store._add(f"room#{room}")
-    assert await store._claim(room, "retry", seq, None)
+    assert await claim_alone(store, room, "retry", seq)
     await store._void(room, seq)  # the first attempt's message write failed
     again = await store.append(room=room, user_id=1, name="n", text="x", client_id="retry",
                                  color="blue")

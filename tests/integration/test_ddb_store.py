@@ -12,6 +12,7 @@ from chat.config import Config
 from chat.ddb import DynamoDB
 from chat.store import MessageStore, StoreUnavailable
 from tests.conftest import Service, free_port
+from tests.storestack import claim_alone
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -104,7 +105,7 @@ async def test_a_resend_is_never_acked_with_another_senders_message(
     owner = await store.append(room="x", user_id=1, name="a", text="mine", client_id="A",
                                color="blue")
     assert owner.seq == 1
-    assert await store._claim("x", "B", 1, None)
+    assert await claim_alone(store, "x", "B", 1)
     resent = await store.append(room="x", user_id=2, name="b", text="theirs", client_id="B",
                                 color="green")
     assert not resent.duplicate and resent.seq > 1 and resent.frame is not None

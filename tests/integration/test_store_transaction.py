@@ -16,6 +16,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from chat.store import STALE_CLAIM_MS, MessageStore, StoreUnavailable
+from tests.storestack import claim_alone
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -137,7 +138,7 @@ async def test_a_record_without_its_message_is_waited_for_while_its_write_may_la
         store: MessageStore) -> None:
     # an older version's send: the record first, the message a moment later
     seq = await store._add("room#o")
-    assert await store._claim("o", "old", seq, None)
+    assert await claim_alone(store, "o", "old", seq)
     resend = asyncio.create_task(store.append(room="o", user_id=1, name="n", text="x",
                                               client_id="old", color="green"))
     await asyncio.sleep(0.3)
