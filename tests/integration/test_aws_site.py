@@ -590,7 +590,11 @@ def test_rollback_puts_everyone_on_blue(site: str, emulator: Service, aws: Aws) 
 # 100 simulated users talks to them (the emulated ALB routes nothing, so the load generator
 # spreads its users over both instances itself); canary.yml gates on what those users felt.
 
-LIVE_BAKE = "40"  # seconds: four 10 s periods of ours, at least three complete datapoints
+# seconds: the batches go 50 ms after each 10 s boundary, stamped with their period's start,
+# and only periods starting after the apply count; in 45 s at least three such periods have
+# ended and been sent, whatever the apply's phase (40 s would race the third one's put when
+# the apply falls just after a boundary)
+LIVE_BAKE = "45"
 
 
 class LiveChats:
