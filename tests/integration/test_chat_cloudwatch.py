@@ -8,29 +8,24 @@ and ignores StorageResolution (the unit tests check the request's fields).
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
-from chat.cloudwatch import Publisher, next_boundary
-from tests.chatstack import ChatClient, ChatInstance, ChatStack
-from tests.conftest import Service, free_port, start_moto
-
-_COLLECTIONS = str(Path(__file__).resolve().parents[2] / "collections")
-if _COLLECTIONS not in sys.path:
-    sys.path.insert(0, _COLLECTIONS)
-
-from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift import (  # noqa: E402
+# on the path through tests/conftest.py, which pytest loads before this module
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift import (
     core,
     elbv2,
 )
+
+from chat.cloudwatch import Publisher, next_boundary
+from tests.chatstack import ChatClient, ChatInstance, ChatStack
+from tests.conftest import Service, free_port, start_moto
 
 LISTENER = ("arn:aws:elasticloadbalancing:ap-northeast-2:123456789012:"
             "listener/app/canary-chat/50dc6c495c0c9188/f2f7dc8efc522ab2")
@@ -202,7 +197,8 @@ async def test_a_batch_begun_before_the_weights_moved_never_counts_in_the_step(
         # the weights move at the start of the next 10 s period; the batch holding those
         # sends goes out just after
         await asyncio.sleep(next_boundary(time.time(), 10) + 0.2)
-        applied = time.time() - (time.time() % 10)
+        now = time.time()
+        applied = now - now % 10
         await pub.flush()
         driver = elbv2.ELBv2Driver(None, cw_client(cloudwatch), LISTENER, {color: TARGETS},
                                    chat_period=10, retry=False)
