@@ -212,7 +212,8 @@ class Room:
         self.flushed_at = -1e9  # loop time the last flush began
         self.spacing = 0.0  # seconds after flushed_at before the next flush (`_spacing`)
         self._timer: asyncio.TimerHandle | None = None  # a flush waiting for its time
-        self._init_lock = asyncio.Lock()
+        # the read of the room's store that sets next_seq, shared by its first joins
+        self._init: asyncio.Future[None] | None = None
         self._gap_task: asyncio.Task[None] | None = None
         self._presence_task: asyncio.Task[None] | None = None
         self.last_presence: str | None = None
@@ -489,19 +490,35 @@ class Room:
         return protocol.history_frame(messages, more), len(messages), last
 
     async def ensure_initialised(self) -> None:
+        """Set next_seq from the store, once. The joins that arrive while the read is in
+        flight share it and all wake together when it lands; a lock would hand them on one
+        per turn of the event loop, so during a burst of joins into a new room the last of
+        them waited one busy turn for each before it. A failed read fails the joins that
+        shared it (their clients retry); the next join reads again."""
         if self.next_seq is not None:
             return
-        async with self._init_lock:
-            if self.next_seq is not None:
-                return
-            numbers, last, _ = await self._read_history(None)
-            self.next_seq = last + 1
-            if self.tail is not None:  # the tail starts with what the store has
-                for seq, m in numbers:
-                    self._remember(seq, protocol.encode(m) if m is not None else None)
-            for seq in [s for s in self.pending if s < self.next_seq]:
-                del self.pending[seq]
-            self._advance()
+        init = self._init
+        if init is None:
+            init = self._init = asyncio.ensure_future(self._initialise())
+            init.add_done_callback(self._initialised)
+        # shielded: a join that goes away does not cancel the others' read
+        await asyncio.shield(init)
+
+    async def _initialise(self) -> None:
+        numbers, last, _ = await self._read_history(None)
+        self.next_seq = last + 1
+        if self.tail is not None:  # the tail starts with what the store has
+            for seq, m in numbers:
+                self._remember(seq, protocol.encode(m) if m is not None else None)
+        for seq in [s for s in self.pending if s < self.next_seq]:
+            del self.pending[seq]
+        self._advance()
+
+    def _initialised(self, init: asyncio.Future[None]) -> None:
+        if self._init is init:
+            self._init = None  # done: next_seq is set, or the next join reads again
+        if not init.cancelled():
+            init.exception()  # retrieved: the joins that shared it were given it
 
     def go_live(self, client: Client, last: int) -> None:
         """Hand the client its buffered frames past `last`; from now on it gets live ones."""
@@ -528,7 +545,7 @@ class Room:
                     client.offer(frame, wire)
 
     def stop(self) -> None:
-        for t in (self._gap_task, self._presence_task, self._timer):
+        for t in (self._gap_task, self._presence_task, self._timer, self._init):
             if t:
                 t.cancel()
 
