@@ -5,26 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import sys
-from pathlib import Path
 
 import pytest
 from ansible.errors import AnsibleFilterError
+from ansible_collections.canarychat.platform.plugins.filter import (
+    admin_signature as signer,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat import adminauth
 from chat.config import Config
-
-REPO = Path(__file__).resolve().parents[2]
-# Import as Ansible does: through the collections/ansible_collections symlink tree.
-_COLLECTIONS = str(REPO / "collections")
-if _COLLECTIONS not in sys.path:
-    sys.path.insert(0, _COLLECTIONS)
-
-from ansible_collections.canarychat.platform.plugins.filter import (  # noqa: E402
-    admin_signature as signer,
-)
 
 # The shared vector: one request, its string to sign spelled out, the HMAC computed with the
 # standard library (and pinned as hex so a change of the scheme on both sides still fails).

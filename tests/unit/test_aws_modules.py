@@ -2,39 +2,33 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
-
-REPO = Path(__file__).resolve().parents[2]
-# Import as Ansible does: through the collections/ansible_collections symlink tree.
-_COLLECTIONS = str(REPO / "collections")
-if _COLLECTIONS not in sys.path:
-    sys.path.insert(0, _COLLECTIONS)
-
-from ansible_collections.canarychat.platform.plugins.filter import (  # noqa: E402
+from ansible_collections.canarychat.platform.plugins.filter import (
     cloudfront as cf_filter,
 )
-from ansible_collections.canarychat.platform.plugins.modules import (  # noqa: E402
+from ansible_collections.canarychat.platform.plugins.modules import (
     cloudfront_origin_access_control as oac,
 )
-from ansible_collections.canarychat.platform.plugins.modules import (  # noqa: E402
+from ansible_collections.canarychat.platform.plugins.modules import (
     cloudwatch_dashboard as dashboard,
 )
-from ansible_collections.canarychat.platform.plugins.modules import (  # noqa: E402
+from ansible_collections.canarychat.platform.plugins.modules import (
     ec2_managed_prefix_list_info as prefix_lists,
 )
-from ansible_collections.canarychat.platform.plugins.modules import (  # noqa: E402
+from ansible_collections.canarychat.platform.plugins.modules import (
     elasticache_replication_group as erg,
 )
-from ansible_collections.canarychat.platform.plugins.modules import (  # noqa: E402
+from ansible_collections.canarychat.platform.plugins.modules import (
     elb_load_balancer_attributes as lb_attrs,
 )
-from ansible_collections.canarychat.platform.plugins.modules import (  # noqa: E402
+from ansible_collections.canarychat.platform.plugins.modules import (
     elb_origin_rule as origin_rule,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 OUR_AWS_MODULES = [
     "elasticache_replication_group",

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping
-from pathlib import Path
 
 import pytest
-
-# Import as Ansible does: through the collections/ansible_collections symlink tree.
-_COLLECTIONS = str(Path(__file__).resolve().parents[2] / "collections")
-if _COLLECTIONS not in sys.path:
-    sys.path.insert(0, _COLLECTIONS)
-
-from ansible_collections.canarychat.platform.plugins.module_utils import (  # noqa: E402
+from ansible_collections.canarychat.platform.plugins.module_utils import (
     haproxy_runtime as runtime,
 )
-from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift import (  # noqa: E402
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift import (
     core,
     elbv2,
     haproxy,

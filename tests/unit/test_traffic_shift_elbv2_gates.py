@@ -7,15 +7,9 @@ The same driver runs against the emulator in tests/integration/test_traffic_shif
 from __future__ import annotations
 
 import datetime
-import sys
-from pathlib import Path
 from typing import Any
 
-_COLLECTIONS = str(Path(__file__).resolve().parents[2] / "collections")
-if _COLLECTIONS not in sys.path:
-    sys.path.insert(0, _COLLECTIONS)
-
-from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift import (  # noqa: E402
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift import (
     core,
     elbv2,
 )

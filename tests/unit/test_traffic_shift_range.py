@@ -3,21 +3,12 @@ gives the range traffic_shift's own check (core.weights_for) enforces."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from ansible.errors import AnsibleFilterError
-
-# Import as Ansible does: through the collections/ansible_collections symlink tree.
-_COLLECTIONS = str(Path(__file__).resolve().parents[2] / "collections")
-if _COLLECTIONS not in sys.path:
-    sys.path.insert(0, _COLLECTIONS)
-
-from ansible_collections.canarychat.platform.plugins.filter import (  # noqa: E402
+from ansible_collections.canarychat.platform.plugins.filter import (
     traffic_shift as filters,
 )
-from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift import (  # noqa: E402
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift import (
     core,
 )
 

@@ -6,16 +6,8 @@ tests/integration/test_traffic_shift_*.py; here the order of operations is pinne
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-_COLLECTIONS = str(Path(__file__).resolve().parents[2] / "collections")
-if _COLLECTIONS not in sys.path:
-    sys.path.insert(0, _COLLECTIONS)
-
-from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift import (  # noqa: E402
+from ansible_collections.canarychat.platform.plugins.module_utils.traffic_shift import (
     core,
     step,
 )
