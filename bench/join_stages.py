@@ -95,6 +95,8 @@ def serve(argv: list[str]) -> int:
     samples: dict[str, list[float]] = {}
     started: contextvars.ContextVar[float | None] = contextvars.ContextVar(
         "join_started", default=None)
+    accepted_of: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+        "join_accepted", default=None)  # when the join's TCP connection came
 
     record, timed = stage_timers(samples)
 
@@ -143,14 +145,15 @@ def serve(argv: list[str]) -> int:
 
     LeanWebSocketProtocol.__init__ = init_timed  # type: ignore[method-assign]
 
-    async def serve_timed(self: Any, request: Any, ws: Any, join: Any) -> None:
+    async def serve_timed(self: Any, request: Any, ws: Any, *args: Any) -> None:
         now = time.perf_counter()
         joins_began[0] = True
         accepted = accepted_at.pop(id(request.transport.get_protocol()), None)
         if accepted is not None:
             record("accept_to_handler", now - accepted)
+            accepted_of.set(accepted)
         started.set(now)
-        await real_serve(self, request, ws, join)
+        await real_serve(self, request, ws, *args)
 
     connection.Connections.serve = serve_timed  # type: ignore[method-assign]
 
@@ -173,6 +176,9 @@ def serve(argv: list[str]) -> int:
         t0 = started.get()
         if t0 is not None:
             record("to_history", time.perf_counter() - t0)
+        accepted = accepted_of.get()
+        if accepted is not None:
+            record("accept_to_history", time.perf_counter() - accepted)
         real_go_live(self, client, last)
 
     Room.go_live = go_live  # type: ignore[method-assign]
