@@ -33,4 +33,4 @@ done
 if [ -x /usr/bin/python3 ]; then PY="${PYTHON:-/usr/bin/python3}"; else PY="${PYTHON:-python3}"; fi
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
-echo "setup: ok ($(.venv/bin/python --version), $(.venv/bin/ansible --version | head -1))"
+echo "setup: ok ($(.venv/bin/python --version), $(.venv/bin/ansible --version | sed -n 1p))"
