@@ -491,10 +491,10 @@ class Room:
 
     async def ensure_initialised(self) -> None:
         """Set next_seq from the store, once. The joins that arrive while the read is in
-        flight share it and all wake together when it lands; a lock would hand them on one
-        per turn of the event loop, so during a burst of joins into a new room the last of
-        them waited one busy turn for each before it. A failed read fails the joins that
-        shared it (their clients retry); the next join reads again."""
+        flight share it and all wake together when it lands (a lock would hand them on one
+        per turn of the event loop: in a burst of joins into a new room the last would wait
+        one busy turn for each before it). A failed read fails the joins that shared it
+        (their clients retry); the next join reads again."""
         if self.next_seq is not None:
             return
         init = self._init

@@ -94,4 +94,3 @@ async def test_a_join_that_goes_away_leaves_the_read_to_the_others() -> None:
     store.answer.set_result([])
     await asyncio.wait_for(asyncio.gather(*joins[1:]), 5)
     assert room.next_seq == 1 and store.calls == 1
-
