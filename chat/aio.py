@@ -24,11 +24,15 @@ class SharedCalls(Generic[T]):
     of the next call that starts after it asked, never of one already in flight (so what
     it reads or writes is never older than its request). A storm of joins in one room
     then costs a few round trips, not a few per join (presence in `chat.bus`, welcome's
-    seq in `chat.store`). An error of a call goes to every caller it answers; at close,
-    callers still waiting get `closed(room)`, or the exception it raises."""
+    seq in `chat.store`). With `spacing`, a room's next call starts no sooner than that many
+    seconds after its last one started, and the callers who come meanwhile share it: a lone
+    caller is answered by one round trip, a burst costs at most one call per `spacing`. An
+    error of a call goes to every caller it answers; at close, callers still waiting get
+    `closed(room)`, or the exception it raises."""
 
-    def __init__(self, call: Callable[[str], Awaitable[T]], closed: Callable[[str], T]) -> None:
-        self.call, self.closed = call, closed
+    def __init__(self, call: Callable[[str], Awaitable[T]], closed: Callable[[str], T],
+                 spacing: float = 0.0) -> None:
+        self.call, self.closed, self.spacing = call, closed, spacing
         self.waiting: dict[str, list[asyncio.Future[T]]] = {}
         self.runners: dict[str, asyncio.Task[None]] = {}
 
@@ -41,24 +45,27 @@ class SharedCalls(Generic[T]):
         return await future
 
     async def _run(self, room: str) -> None:
+        loop = asyncio.get_running_loop()
         batch: list[asyncio.Future[T]] = []
         try:
             while True:
                 batch = [f for f in self.waiting.pop(room, ()) if not f.done()]
                 if not batch:  # idle again; no await since the check: nobody slips by
                     return
+                started = loop.time()
                 try:
                     value = await self.call(room)
                 except Exception as e:  # every caller of this call gets it
                     for f in batch:
                         if not f.done():
                             f.set_exception(e)
-                    batch = []
-                    continue
-                for f in batch:
-                    if not f.done():
-                        f.set_result(value)
+                else:
+                    for f in batch:
+                        if not f.done():
+                            f.set_result(value)
                 batch = []
+                if self.spacing > 0:  # the callers who come meanwhile share the next call
+                    await asyncio.sleep(started + self.spacing - loop.time())
         finally:
             if self.runners.get(room) is asyncio.current_task():
                 del self.runners[room]

@@ -43,6 +43,10 @@ PRESENCE_TTL = 15.0
 HEARTBEAT = 5.0
 STATS_TTL = 5
 EVENTS_KEPT = 50
+# A room's presence writes (HSET + PUBLISH) and reads (HGETALL) start at most this often
+# each: a burst of joins shares them instead of keeping a round trip in flight per join
+# (each costs the event loop a system call and a parse while the joins wait for it).
+PRESENCE_CALL_SPACING = 0.05
 
 BusErrors = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -80,9 +84,10 @@ class RoomBus:
         self.local_presence: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # presence writes and reads shared by a room's concurrent joins and leaves
-        self._presence_writes = SharedCalls[None](self._publish_presence, lambda room: None)
-        self._presence_reads = SharedCalls[dict[str, int]](self._read_presence,
-                                                       self._local_presence)
+        self._presence_writes = SharedCalls[None](self._publish_presence, lambda room: None,
+                                                  PRESENCE_CALL_SPACING)
+        self._presence_reads = SharedCalls[dict[str, int]](
+            self._read_presence, self._local_presence, PRESENCE_CALL_SPACING)
         self._catch_up: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -136,16 +136,25 @@ class Connections:
                                        "room": join.room, "since": join.since,
                                        "history": n_history})
             self.spawn(self._announce(client))  # Redis may be slow or down: never hold it
-            # Shielded: a client gone half-way cancels this handler, and a put cancelled
-            # while in flight may still land; the cleanup waits for it and deletes it.
-            record = asyncio.ensure_future(store.add_connection(
-                user_id=user_id, room=join.room, instance=config.instance_id,
-                color=config.color, version=config.version))
-            with contextlib.suppress(StoreUnavailable):
-                # Only the id stays for the connection's life, not the finished task (its
-                # coroutine, context and the loop's weak reference: ~0.8 KiB a connection).
-                record = await asyncio.shield(record)
-            await self._read(ws, client)
+            reader = Reader(self, client)
+            ws.consume(reader.on_message)  # its frames are handled from now on
+            try:
+                # Shielded: a client gone half-way cancels this handler, and a put
+                # cancelled while in flight may still land; the cleanup waits for it and
+                # deletes it. The record may wait for a batch (chat.store): frames are
+                # handled meanwhile.
+                record = asyncio.ensure_future(store.add_connection(
+                    user_id=user_id, room=join.room, instance=config.instance_id,
+                    color=config.color, version=config.version))
+                with contextlib.suppress(StoreUnavailable):
+                    # Only the id stays for the connection's life, not the finished task
+                    # (its coroutine, context and the loop's weak reference: ~0.8 KiB a
+                    # connection).
+                    record = await asyncio.shield(record)
+                await ws.wait_closed()
+            finally:
+                ws.stop_consuming()
+                await reader.finish()
         except (ConnectionClosed, asyncio.CancelledError):
             pass
         finally:
@@ -170,15 +179,6 @@ class Connections:
         log.warning("join_unavailable", extra={"event": "join_unavailable",
                                                "error": str(error)})
         self.metrics.errors.inc(ErrorCode.UNAVAILABLE.value)
-
-    async def _read(self, ws: LeanWebsocket, client: Client) -> None:
-        reader = Reader(self, client)
-        ws.consume(reader.on_message)
-        try:
-            await ws.wait_closed()
-        finally:
-            ws.stop_consuming()
-            await reader.finish()
 
     async def _announce(self, client: Client) -> None:
         await self.bus.presence_changed(client.room, +1)

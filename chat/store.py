@@ -25,8 +25,9 @@
   used. The ADD is atomic across instances, so ids stay unique across instances and
   restarts; ids leased but never handed out (an instance that stops) are gaps, never reused.
 - Connection records (one per open WebSocket) are put in BatchWriteItems of up to 25: at most
-  RECORD_BATCHES_MAX in flight, the records that come meanwhile wait for the next, so a lone
-  join's record goes out at once and a storm's share requests. UnprocessedItems are sent
+  RECORD_BATCHES_MAX in flight. A lone join's record goes out at once; while a batch is in
+  flight, or within RECORD_SPACING of the last one, records wait until 25 are there or the
+  spacing is over, so a storm's records share full requests. UnprocessedItems are sent
   again with exponential backoff; a record still unprocessed after RECORD_ATTEMPTS fails
   like a failed PutItem (the connection is served without it).
 - A join's `latest_seq` (welcome's `seq`) is a consistent GetItem of the room's counter,
@@ -68,6 +69,7 @@ RECORD_BATCH = 25  # BatchWriteItem's limit: at most 25 put or delete requests p
 RECORD_BATCHES_MAX = 2  # connection-record BatchWriteItems in flight at once
 RECORD_ATTEMPTS = 5  # sends of a record DynamoDB leaves unprocessed, the first included
 RECORD_BACKOFF = 0.05  # seconds before the first resend of unprocessed records; doubles
+RECORD_SPACING = 0.1  # seconds: a batch of fewer than 25 records waits this long after the last
 
 
 class StoreUnavailable(Exception):
@@ -139,6 +141,8 @@ class MessageStore:
         # connection records waiting for a BatchWriteItem, and the batches in flight
         self._records: list[tuple[dict[str, Any], asyncio.Future[str]]] = []
         self._record_batches: set[asyncio.Task[None]] = set()
+        self._records_sent_at = -1e9  # loop time the last batch went out
+        self._records_timer: asyncio.TimerHandle | None = None  # a short batch's due time
         self._closing = False
         self.messages = config.table_messages
         self.connections = config.table_connections
@@ -181,6 +185,9 @@ class MessageStore:
             task.cancel()
         await asyncio.gather(*adders, return_exceptions=True)
         await self._latest_seq.close()
+        if self._records_timer is not None:
+            self._records_timer.cancel()
+            self._records_timer = None
         records, self._records = self._records, []
         for _, future in records:
             if not future.done():
@@ -655,15 +662,31 @@ class MessageStore:
         return await future
 
     def _send_records(self) -> None:
-        """Start a BatchWriteItem of the waiting records while fewer than
-        RECORD_BATCHES_MAX are in flight."""
+        """Start BatchWriteItems of the waiting records while fewer than
+        RECORD_BATCHES_MAX are in flight: full ones (25) at once, a short one only when
+        none is in flight and RECORD_SPACING has passed since the last went out (a timer
+        sends it then; the end of the one in flight calls this again)."""
+        loop = asyncio.get_running_loop()
         while self._records and len(self._record_batches) < RECORD_BATCHES_MAX:
+            if len(self._records) < RECORD_BATCH:
+                if self._record_batches:
+                    return
+                due = self._records_sent_at + RECORD_SPACING
+                if due > loop.time():
+                    if self._records_timer is None:
+                        self._records_timer = loop.call_at(due, self._records_due)
+                    return
             batch = self._records[:RECORD_BATCH]
             del self._records[:RECORD_BATCH]
-            task = asyncio.get_running_loop().create_task(self._write_records(batch),
-                                                          name="connection-records")
+            self._records_sent_at = loop.time()
+            task = loop.create_task(self._write_records(batch), name="connection-records")
             self._record_batches.add(task)
             task.add_done_callback(self._records_written)
+
+    def _records_due(self) -> None:
+        self._records_timer = None
+        if not self._closing:
+            self._send_records()
 
     def _records_written(self, task: asyncio.Task[None]) -> None:
         self._record_batches.discard(task)

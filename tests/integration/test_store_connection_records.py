@@ -1,6 +1,7 @@
 """Connection records in BatchWriteItems, on a real moto server through each DynamoDB client:
-concurrent records share calls of at most 25, a lone record goes out at once, UnprocessedItems
-are sent again until written, and a record DynamoDB never takes fails alone."""
+concurrent records share calls of at most 25, a lone record goes out at once, records that
+trickle in while calls are recent wait to share one, UnprocessedItems are sent again until
+written, and a record DynamoDB never takes fails alone."""
 
 from __future__ import annotations
 
@@ -70,6 +71,24 @@ async def test_a_lone_record_goes_out_at_once(store: MessageStore) -> None:
     batches = Batches(store)
     connection_id = await add(store, 1)
     assert batches.sizes == [1] and await record(store, connection_id) is not None
+
+
+async def test_records_that_trickle_in_share_calls_spaced_by_record_spacing(
+        store: MessageStore) -> None:
+    batches = Batches(store)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    adds = []
+    for i in range(30):  # one every 10 ms for 0.3 s: each would otherwise go alone
+        adds.append(asyncio.ensure_future(add(store, i)))
+        await asyncio.sleep(0.01)
+    ids = await asyncio.gather(*adds)
+    took = loop.time() - started
+    assert batches.sizes[0] == 1  # the first went at once
+    assert sum(batches.sizes) == 30 and len(batches.sizes) <= 6  # ~one per RECORD_SPACING
+    assert took < 0.3 + 2 * store_module.RECORD_SPACING + 1.0  # none waits much longer
+    for connection_id in ids:
+        assert await record(store, connection_id) is not None
 
 
 async def test_unprocessed_records_are_sent_again_until_written(store: MessageStore,
