@@ -81,7 +81,7 @@ class Config:
     two full collections (gc.set_threshold's threshold2; Python's own is 10); 1-100000],
     CHAT_FLUSH_INTERVAL [0.1 s: the longest a message of a room with CHAT_FLUSH_MEMBERS
     or more clients on this instance waits to be written with others; 0: every message at
-    once], CHAT_FLUSH_MEMBERS [200], CHAT_FLUSH_DUTY [0.25: such a room's writes take at
+    once], CHAT_FLUSH_MEMBERS [200], CHAT_FLUSH_DUTY [0.5: such a room's writes take at
     most this share of the event loop: after a flush that took c seconds, the next waits
     until c / duty (at most the interval) has passed since it began; 0: always the whole
     interval], CHAT_FLUSH_BATCH [8: a waiting flush goes early once this many messages
@@ -152,7 +152,7 @@ class Config:
     # more than flush_duty of the loop, at most flush_interval seconds (rooms.Room)
     flush_interval: float = 0.1
     flush_members: int = 200
-    flush_duty: float = 0.25
+    flush_duty: float = 0.5
     flush_batch: int = 8
     # per-color CloudWatch metrics (chat/cloudwatch.py): off unless asked for
     cloudwatch: bool = False
@@ -264,7 +264,7 @@ class Config:
             gc_full_every=_int(env, "CHAT_GC_FULL_EVERY", 100),
             flush_interval=_float(env, "CHAT_FLUSH_INTERVAL", 0.1),
             flush_members=_int(env, "CHAT_FLUSH_MEMBERS", 200),
-            flush_duty=_float(env, "CHAT_FLUSH_DUTY", 0.25),
+            flush_duty=_float(env, "CHAT_FLUSH_DUTY", 0.5),
             flush_batch=_int(env, "CHAT_FLUSH_BATCH", 8),
             # CHAT_CLOUDWATCH decides when set; unset, a namespace alone turns it on
             cloudwatch=_flag(env, "CHAT_CLOUDWATCH",
