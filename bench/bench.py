@@ -740,6 +740,24 @@ def sitting_up() -> Iterator[Sitting]:
         log(f"logs in {tmp}")
 
 
+def ab_runs(s: Sitting, code: dict[str, Path], rounds: int
+            ) -> Iterator[tuple[int, str, str, list[subprocess.Popen[bytes]]]]:
+    """For the A/B diagnostics (bench/demo_ab.py, bench/connect_ab.py): per round, our chat
+    started from code["A"] and code["B"] (the order swaps every round), then the peer, each
+    on fresh processes: (round, "A" | "B" | "peer", system, processes), stopped after."""
+    global REPO
+    for rnd in range(rounds):
+        for run in (["A", "B"] if rnd % 2 == 0 else ["B", "A"]) + ["peer"]:
+            system = PEER_NAME if run == "peer" else OURS
+            if run != "peer":
+                REPO = code[run]  # start_system runs `python -m chat` there
+            procs = s.start_system(system)
+            try:
+                yield rnd, run, system, procs
+            finally:
+                s.p.stop(procs)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help="≤ 3 min: 1 round, fewer rates")

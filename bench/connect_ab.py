@@ -64,26 +64,16 @@ def main() -> int:
     p99s: dict[str, list[float]] = {"A": [], "B": [], "peer": []}
     bench.ensure_peer()
     with bench.sitting_up() as s:
-        for cycle in range(args.cycles):
-            for v in (["A", "B"] if cycle % 2 == 0 else ["B", "A"]) + ["peer"]:
-                system = bench.PEER_NAME if v == "peer" else bench.OURS
-                if v != "peer":
-                    bench.REPO = code[v]  # start_system runs `python -m chat` there
-                procs = s.start_system(system)
-                try:
-                    connect_phase(s, system, 200, f"warm-{v}-{cycle}-{int(time.time())}")
-                    time.sleep(2)  # the warm-up's closes and cleanups settle
-                    for rep in range(args.reps):
-                        load = os.getloadavg()[0]
-                        c = connect_phase(s, system, 1000,
-                                          f"join-{v}-{cycle}-{rep}-{int(time.time())}")
-                        p99s[v].append(c["p99"])
-                        print(json.dumps({"cycle": cycle, "run": v, "p50": c["p50"],
-                                          "p99": c["p99"], "load": round(load, 2)}),
-                              flush=True)
-                        time.sleep(3)
-                finally:
-                    s.p.stop(procs)
+        for cycle, v, system, _ in bench.ab_runs(s, code, args.cycles):
+            connect_phase(s, system, 200, f"warm-{v}-{cycle}-{int(time.time())}")
+            time.sleep(2)  # the warm-up's closes and cleanups settle
+            for rep in range(args.reps):
+                load = os.getloadavg()[0]
+                c = connect_phase(s, system, 1000, f"join-{v}-{cycle}-{rep}-{int(time.time())}")
+                p99s[v].append(c["p99"])
+                print(json.dumps({"cycle": cycle, "run": v, "p50": c["p50"], "p99": c["p99"],
+                                  "load": round(load, 2)}), flush=True)
+                time.sleep(3)
     print(json.dumps({v: {"phases": len(x), "p99_median": statistics.median(x)}
                       for v, x in p99s.items() if x}))
     return 0

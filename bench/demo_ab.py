@@ -44,28 +44,20 @@ def main() -> int:
     results: dict[str, list[dict[str, Any]]] = {"A": [], "B": [], "peer": []}
     bench.ensure_peer()
     with bench.sitting_up() as s:
-        for rnd in range(args.rounds):
-            for v in (["A", "B"] if rnd % 2 == 0 else ["B", "A"]) + ["peer"]:
-                system = bench.PEER_NAME if v == "peer" else bench.OURS
-                if v != "peer":
-                    bench.REPO = code[v]  # start_system runs `python -m chat` there
-                procs = s.start_system(system)
-                try:
-                    s.wait_lb(system)
-                    load = os.getloadavg()[0]
-                    r = bench.loadgen(system, s.urls(system, via_lb=True), 100, [20],
-                                      pids=[p.pid for p in procs], duration=args.seconds,
-                                      room=f"demo-{v}-{rnd}-{int(time.time())}")
-                finally:
-                    s.p.stop(procs)
-                step = r["steps"][0]
-                row = {"round": rnd, "run": v, "p50": step["latency_ms"]["p50"],
-                       "p99": step["latency_ms"]["p99"],
-                       "cpu_us": step.get("server_cpu_us_per_delivery"),
-                       "lost": step["lost"] + step["duplicated"] + step["out_of_order"],
-                       "load": round(load, 2)}
-                results[v].append(row)
-                print(json.dumps(row), flush=True)
+        for rnd, v, system, procs in bench.ab_runs(s, code, args.rounds):
+            s.wait_lb(system)
+            load = os.getloadavg()[0]
+            r = bench.loadgen(system, s.urls(system, via_lb=True), 100, [20],
+                              pids=[p.pid for p in procs], duration=args.seconds,
+                              room=f"demo-{v}-{rnd}-{int(time.time())}")
+            step = r["steps"][0]
+            row = {"round": rnd, "run": v, "p50": step["latency_ms"]["p50"],
+                   "p99": step["latency_ms"]["p99"],
+                   "cpu_us": step.get("server_cpu_us_per_delivery"),
+                   "lost": step["lost"] + step["duplicated"] + step["out_of_order"],
+                   "load": round(load, 2)}
+            results[v].append(row)
+            print(json.dumps(row), flush=True)
     print(json.dumps(results))
     return 0
 
