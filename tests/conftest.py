@@ -7,6 +7,7 @@ running local stack (which uses the fixed ports 6379/8000/8080-8082).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -21,6 +22,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+# A warning in a playbook's output: Ansible's `[WARNING]:` / `[DEPRECATION WARNING]:` lines
+# and Python's `...Warning: ...` (on stage, a warning reads like an error)
+WARNING = re.compile(r"(?im)^.*(?:\[(?:DEPRECATION )?WARNING\]|\w+Warning:).*$")
 
 # Import the collection's code as Ansible does: through the collections/ansible_collections
 # symlink tree.

@@ -47,7 +47,7 @@ from botocore.exceptions import ClientError
 from websockets.asyncio.client import connect
 
 from loadgen import LoadGen, LoadGenConfig, run_loadgen
-from tests.conftest import REPO, VENV_BIN, haproxy_cli
+from tests.conftest import REPO, VENV_BIN, WARNING, haproxy_cli
 
 pytestmark = [
     pytest.mark.e2e,
@@ -67,8 +67,6 @@ REHEARSAL_BAKE_SECONDS = 10
 # rehearsal proves the mechanics; the bad-release test proves a gate trips.
 REHEARSAL_MAX_P95_MS = 2000
 
-# Ansible's `[WARNING]:` / `[DEPRECATION WARNING]:` lines and Python's `...Warning: ...`
-WARNING = re.compile(r"(?im)^.*(?:\[(?:DEPRECATION )?WARNING\]|\w+Warning:).*$")
 RECAP = re.compile(r"^localhost\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+"
                    r"failed=(\d+)", re.M)
 

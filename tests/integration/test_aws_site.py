@@ -8,7 +8,8 @@ succeeds and reports nothing -> a drifted circuit breaker is re-applied -> rollb
 a real blue and a real green chat publish their CanaryChat metrics to the emulator's
 CloudWatch while 100 simulated users chat: 10 -> 50 passes on green's own datapoints, a green
 failing 30 % of its sends trips to blue 100, idle chats are "insufficient data" unless
-deploy_allow_idle -> teardown.yml twice.
+deploy_allow_idle -> none of those canary.yml and rollback.yml runs (the commands of the
+show) printed a warning -> teardown.yml twice.
 
 The emulator is moto's own server started through roles/data/files/dynamodb_emulator.py,
 which only adds the `TableId` moto 5.2 leaves out of DescribeTable (community.aws's
@@ -31,7 +32,7 @@ import boto3
 import pytest
 
 from tests.chatstack import ChatStack
-from tests.conftest import REPO, VENV_BIN, Service, free_port, wait_for_http
+from tests.conftest import REPO, VENV_BIN, WARNING, Service, free_port, wait_for_http
 from tests.integration.test_traffic_shift_elbv2 import publishing
 
 pytestmark = [pytest.mark.aws, pytest.mark.integration]
@@ -81,6 +82,10 @@ class Aws:
         return self._clients[service]
 
 
+# (playbook, its output) of every run, in order: the show's commands are checked for warnings
+RUNS: list[tuple[str, str]] = []
+
+
 def playbook(url: str, name: str, *extra: str, timeout: int = 420) -> tuple[int, str, int]:
     """Run a playbook on the AWS inventory against the emulator: (rc, output, changed)."""
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
@@ -91,6 +96,7 @@ def playbook(url: str, name: str, *extra: str, timeout: int = 420) -> tuple[int,
          "-e", f"aws_endpoint_url={url}", *extra],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     out = proc.stdout + proc.stderr
+    RUNS.append((name, out))
     changed = sum(int(n) for n in re.findall(r"\bchanged=(\d+)", out.split("PLAY RECAP")[-1]))
     return proc.returncode, out, changed
 
@@ -691,6 +697,16 @@ def test_live_no_users_is_insufficient_data_unless_idle_is_allowed(
                           "-e", "deploy_allow_idle=true")
     assert rc == 0, out[-5000:]
     assert weights(aws) == {"blue": 90, "green": 10}
+
+
+def test_the_shows_commands_printed_no_warning(site: str) -> None:
+    """On stage the audience reads canary.yml's and rollback.yml's output: every run of
+    them above (gate passed, gate tripped, insufficient data, rollback) printed no warning.
+    site.yml, run before the show, still prints amazon.aws's deprecations (docs/aws.md)."""
+    show = [(name, out) for name, out in RUNS if name in ("canary.yml", "rollback.yml")]
+    assert {name for name, _ in show} == {"canary.yml", "rollback.yml"}, [n for n, _ in RUNS]
+    for name, out in show:
+        assert not WARNING.findall(out), (name, WARNING.findall(out))
 
 
 # ---------------------------------------------------------------- 4. teardown
