@@ -221,7 +221,8 @@ def test_check_mode_reports_the_step_and_moves_nothing(stack: Stack) -> None:
 
 def test_check_mode_does_not_undrain_a_drained_green(stack: Stack) -> None:
     """After a rollback green is drained: --check neither undrains it nor waits for it, so the
-    module's pre-check reports it unhealthy, and green stays drained."""
+    module's pre-check reports it unhealthy, saying that a real run undrains it first, and
+    green stays drained."""
     status, _ = stack.chat.admin(stack.green, "/api/admin/drain", {"color": "green"})
     assert status in (200, 202), status
     try:
@@ -235,6 +236,9 @@ def test_check_mode_does_not_undrain_a_drained_green(stack: Stack) -> None:
         out = proc.stdout + proc.stderr
         assert proc.returncode != 0, out[-3000:]
         assert "healthy" in out, out[-3000:]
+        flat = " ".join(out.split())  # the callback wraps long messages
+        assert ("(--check reads green as it is now: a real run first undrains green and waits "
+                "until it is healthy)") in flat, out[-3000:]
         ran = tasks_run(proc.stdout)
         assert not [t for t in ran if "Call the chat admin API" in t or "Wait until" in t], ran
         assert stack.snapshot() == before
