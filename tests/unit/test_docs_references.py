@@ -1,7 +1,8 @@
 """Every test the documentation cites exists: a `tests/...` path (a glob must match a file),
 a test file named by itself (`test_x.py`), and a test named by itself (`test_x`, or a prefix
 written `test_x_...`) - in README.md and docs/*.md, so a reader never looks for proof that is
-not there."""
+not there; and every section cited by its title (`docs/aws.md, "The 4-minute demo"`), in the
+docs or in a comment, is a heading or list item of that doc."""
 
 from __future__ import annotations
 
@@ -53,3 +54,44 @@ def test_every_cited_test_exists(doc: Path) -> None:
         if not ok:
             missing.append(name + (suffix or ""))
     assert not missing, f"{doc.relative_to(REPO)} cites what tests/ does not hold: {missing}"
+
+
+# A section cited by its title, as `docs/aws.md, "The 4-minute demo"`, in any tracked text
+# file: the docs, the roles' comments, the code.
+SECTION = re.compile(r"((?:docs/)?[\w-]+\.md),? [\"“]([^\"”\n]{3,80})[\"”]")
+LEAD = re.compile(r"^(?:#+|-|\*\*)\s*")
+
+
+def _tracked_text_files() -> list[Path]:
+    out = []
+    for path in sorted(REPO.rglob("*")):
+        rel = path.relative_to(REPO)
+        if rel.parts[0] in {".git", ".venv", "node_modules"} or "node_modules" in rel.parts:
+            continue
+        if path.is_file() and path.suffix in {".md", ".py", ".yml", ".yaml", ".j2", ".js", ".sh"}:
+            out.append(path)
+    return out
+
+
+def _section_leads(doc: Path) -> list[str]:
+    """The headings and list items' first words of a doc, without Markdown marks."""
+    leads = []
+    for line in doc.read_text(encoding="utf-8").splitlines():
+        if LEAD.match(line):
+            leads.append(LEAD.sub("", line).replace("`", "").replace("**", "").strip())
+    return leads
+
+
+def test_every_cited_section_exists() -> None:
+    missing = []
+    for path in _tracked_text_files():
+        for m in SECTION.finditer(path.read_text(encoding="utf-8", errors="replace")):
+            name, title = m.group(1), m.group(2)
+            doc = (
+                REPO / name
+                if name.startswith("docs/") or name == "README.md"
+                else REPO / "docs" / name
+            )
+            if not doc.exists() or not any(s.startswith(title) for s in _section_leads(doc)):
+                missing.append(f'{path.relative_to(REPO)}: {name}, "{title}"')
+    assert not missing, f"sections cited that the docs do not hold: {missing}"
