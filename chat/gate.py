@@ -1,6 +1,6 @@
 """What the server refuses before routing, and which requests the canary gate counts.
 
-Pure functions over the request's parts; chat/app.py calls them from its request and
+Pure functions over the request's parts; chat/routes.py calls them from its request and
 response middleware. docs/security.md lists the threats they answer.
 """
 

@@ -86,7 +86,7 @@ def test_every_cited_section_exists() -> None:
     missing = []
     for path in _tracked_text_files():
         for m in SECTION.finditer(path.read_text(encoding="utf-8", errors="replace")):
-            name, title = m.group(1), m.group(2)
+            name, title = m.group(1), m.group(2).replace("`", "")
             doc = (
                 REPO / name
                 if name.startswith("docs/") or name == "README.md"
