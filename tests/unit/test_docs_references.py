@@ -6,6 +6,8 @@ docs or in a comment, is a heading or list item of that doc."""
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 from pathlib import Path
 
@@ -56,35 +58,34 @@ def test_every_cited_test_exists(doc: Path) -> None:
     assert not missing, f"{doc.relative_to(REPO)} cites what tests/ does not hold: {missing}"
 
 
-# A section cited by its title, as `docs/aws.md, "The 4-minute demo"`, in any tracked text
-# file: the docs, the roles' comments, the code.
+# A section cited by its title, as `docs/aws.md, "The 4-minute demo"`, in any text file of
+# the project: the docs, the roles' comments, the code.
 SECTION = re.compile(r"((?:docs/)?[\w-]+\.md),? [\"“]([^\"”\n]{3,80})[\"”]")
 LEAD = re.compile(r"^(?:#+|-|\*\*)\s*")
+TEXT_SUFFIXES = {".md", ".py", ".yml", ".yaml", ".j2", ".js", ".sh"}
+# not the project's text: git's store, the virtualenv, installed packages, tool caches
+SKIP_DIRS = {".git", ".venv", "node_modules", "collections", "__pycache__", ".pytest_cache",
+             ".mypy_cache", ".ruff_cache", ".hypothesis", "output"}
 
 
-def _tracked_text_files() -> list[Path]:
+def _project_text_files() -> list[Path]:
     out = []
-    for path in sorted(REPO.rglob("*")):
-        rel = path.relative_to(REPO)
-        if rel.parts[0] in {".git", ".venv", "node_modules"} or "node_modules" in rel.parts:
-            continue
-        if path.is_file() and path.suffix in {".md", ".py", ".yml", ".yaml", ".j2", ".js", ".sh"}:
-            out.append(path)
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+        out.extend(Path(root) / f for f in sorted(files) if Path(f).suffix in TEXT_SUFFIXES)
     return out
 
 
-def _section_leads(doc: Path) -> list[str]:
+@functools.cache
+def _section_leads(doc: Path) -> tuple[str, ...]:
     """The headings and list items' first words of a doc, without Markdown marks."""
-    leads = []
-    for line in doc.read_text(encoding="utf-8").splitlines():
-        if LEAD.match(line):
-            leads.append(LEAD.sub("", line).replace("`", "").replace("**", "").strip())
-    return leads
+    return tuple(LEAD.sub("", line).replace("`", "").replace("**", "").strip()
+                 for line in doc.read_text(encoding="utf-8").splitlines() if LEAD.match(line))
 
 
 def test_every_cited_section_exists() -> None:
     missing = []
-    for path in _tracked_text_files():
+    for path in _project_text_files():
         for m in SECTION.finditer(path.read_text(encoding="utf-8", errors="replace")):
             name, title = m.group(1), m.group(2).replace("`", "")
             doc = (
