@@ -112,7 +112,8 @@
     myUserIds: new Set(),
     pending: new Map(), // client_id -> {el, text, seq, sentAt}
     attempt: 0,         // consecutive failed connection attempts
-    sendAttempt: 0,     // consecutive refused sends (unavailable / rate_limited)
+    sendAttempt: 0,     // consecutive refused send rounds (unavailable / rate_limited)
+    roundRefused: false, // a refusal of the current send round was already counted
     retryTimer: null,
     resendTimer: null,
     gapTimer: null,
@@ -262,14 +263,22 @@
     ui.online.textContent = parts.join(' · ');
   }
 
+  // A resend round refused frame by frame is one failed attempt, not one per frame:
+  // otherwise eight waiting messages would go straight to the longest backoff.
+  function countRefusal() {
+    if (state.roundRefused) return;
+    state.roundRefused = true;
+    state.sendAttempt += 1;
+  }
+
   function onError(f) {
     // the error names no client_id: resend everything unconfirmed (idempotent), later
     if (f.code === 'unavailable') {
-      state.sendAttempt += 1;
+      countRefusal();
       showStatus(T.retrying, 1500);
       scheduleResend(backoff(state.sendAttempt));
     } else if (f.code === 'rate_limited') {
-      state.sendAttempt += 1;
+      countRefusal();
       showStatus(T.slowDown);
       scheduleResend(1000 + backoff(state.sendAttempt));
     }
@@ -457,6 +466,7 @@
     clearTimeout(state.resendTimer);
     state.resendTimer = null;
     if (state.pending.size === 0) return;
+    state.roundRefused = false;
     for (const [clientId, p] of state.pending) {
       if (p.seq === null && !send({ type: 'send', text: p.text, client_id: clientId })) break;
       p.sentAt = Date.now();

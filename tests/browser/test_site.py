@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, WebSocketRoute, expect
+from playwright.sync_api import Browser, BrowserContext, Page, WebSocket, WebSocketRoute, expect
 
 from tests.browser.conftest import haproxy_front
 from tests.chatstack import ChatInstance, ChatStack
@@ -21,6 +21,8 @@ from tests.conftest import REPO
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.timeout(180)]
 
 XSS = "<img src=x onerror=alert(1)>"
+BACKOFF_CAP_MS = 15_000   # site/app.js: the longest wait between two resend rounds
+NO_RATE_LIMIT = {"CHAT_RATE_PER_S": "1000", "CHAT_RATE_BURST": "1000"}
 
 
 @dataclass
@@ -468,13 +470,21 @@ def test_sends_refused_by_a_faulty_release_are_retried_until_sent(
         browser: Browser, contexts: list[BrowserContext], chat_stack: ChatStack,
         site_pair: tuple[ChatInstance, ChatInstance]) -> None:
     """Green with CHAT_FAULT_RATE=0.7: the page resends with the same client_id; every
-    message ends up sent, and the other user sees each exactly once."""
+    message ends up sent, and the other user sees each exactly once.
+
+    The page's clock is fast-forwarded past the longest backoff (15 s) between rounds:
+    what is asserted is that the resending goes on until every message is through, and
+    waiting out up to 15 s of full jitter per round in real time would make the test a
+    draw on how many rounds fit in its timeout. The server's per-connection rate limit
+    runs on real time, which the page's compressed rounds outpace: it is lifted here
+    (tests/integration/test_chat_abuse_limits.py tests it)."""
     blue, _ = site_pair
     faulty = chat_stack.start("green", version="v2-bad", static=REPO / "site",
-                              env={"CHAT_FAULT_RATE": "0.7"})
+                              env={"CHAT_FAULT_RATE": "0.7", **NO_RATE_LIMIT})
     try:
         room = new_room()
         tab = open_tab(browser, contexts, faulty.url + "/")
+        tab.page.clock.install()
         errors: list[str] = []
         tab.page.on("websocket", lambda ws: ws.on(
             "framereceived", lambda payload: errors.append(json.loads(payload)["code"])
@@ -486,7 +496,11 @@ def test_sends_refused_by_a_faulty_release_are_retried_until_sent(
         for text in sent:
             say(tab, text)
         statuses = tab.page.get_by_test_id("message-list").get_by_test_id("message-status")
-        expect(statuses).to_have_count(8, timeout=60_000)
+        deadline = time.monotonic() + 60
+        while statuses.count() < 8 and time.monotonic() < deadline:
+            tab.page.clock.fast_forward(BACKOFF_CAP_MS)
+            tab.page.wait_for_timeout(200)
+        expect(statuses).to_have_count(8)
         expect(statuses).to_have_text(["sent"] * 8)
         expect(tab.page.get_by_test_id("outbox").get_by_test_id("message")).to_have_count(0)
         expect(other.page.get_by_test_id("message-list").get_by_test_id("message")).to_have_count(8)
@@ -496,5 +510,52 @@ def test_sends_refused_by_a_faulty_release_are_retried_until_sent(
         assert texts(tab) == texts(other)       # same order on both sides
         tab.ok()
         other.ok()
+    finally:
+        faulty.stop()
+
+
+def test_a_refused_round_of_resends_counts_as_one_attempt(
+        browser: Browser, contexts: list[BrowserContext], chat_stack: ChatStack) -> None:
+    """Every send refused (CHAT_FAULT_RATE=1): eight waiting messages refused together
+    raise the backoff by one step, not eight. Full jitter with base 0.5 s puts the
+    resend after the n-th refused round within 0.5 * 2^n s, so with the page's clock
+    paused, moving it on 1 s, then 2 s, then 4 s must each bring one round of all eight
+    again; counted per refused frame, the wait would be anywhere up to the 15 s cap.
+    The rate limit is lifted as above: 32 sends in a few real seconds would trip it."""
+    faulty = chat_stack.start("green", version="v2-bad", static=REPO / "site",
+                              env={"CHAT_FAULT_RATE": "1", **NO_RATE_LIMIT})
+    try:
+        tab = open_tab(browser, contexts, faulty.url + "/")
+        tab.page.clock.install()
+        sends: list[str] = []
+        refusals: list[str] = []
+
+        def on_ws(ws: WebSocket) -> None:
+            ws.on("framesent", lambda payload: sends.append(str(payload))
+                  if '"type":"send"' in str(payload) else None)
+            ws.on("framereceived", lambda payload: refusals.append(str(payload))
+                  if '"code":"unavailable"' in str(payload) else None)
+
+        def until(what: str, frames: int) -> None:
+            """Wait (real time, the page's clock standing) for `frames` sends and refusals."""
+            deadline = time.monotonic() + 10
+            while min(len(sends), len(refusals)) < frames and time.monotonic() < deadline:
+                tab.page.wait_for_timeout(50)
+            assert min(len(sends), len(refusals)) >= frames, \
+                f"{what}: {len(sends)} sends, {len(refusals)} refusals"
+
+        tab.page.on("websocket", on_ws)
+        join(tab, "unlucky", new_room())
+        now = tab.page.evaluate("Date.now()")
+        tab.page.clock.pause_at(now + 1000)    # no timer fires while the messages are typed
+        for i in range(8):
+            say(tab, f"never {i}")
+        until("the eight first sends refused", 8)
+        assert len(sends) == 8
+        for n, step_ms in enumerate((1000, 2000, 4000), start=1):
+            tab.page.clock.fast_forward(step_ms)
+            until(f"resend round {n} after {step_ms} ms", 8 * (n + 1))
+        expect(tab.page.get_by_test_id("outbox").get_by_test_id("message")).to_have_count(8)
+        tab.ok()
     finally:
         faulty.stop()
