@@ -116,6 +116,7 @@
     roundRefused: false, // a refusal of the current send round was already counted
     retryTimer: null,
     resendTimer: null,
+    resendAt: 0,        // when resendTimer fires (Date.now() time)
     gapTimer: null,
     statusTimer: null,
   };
@@ -452,13 +453,21 @@
     const p = { el, text, seq: null, sentAt: Date.now() };
     state.pending.set(clientId, p);
     send({ type: 'send', text, client_id: clientId });
-    scheduleResend(ACK_TIMEOUT_MS);
+    scheduleResendBy(ACK_TIMEOUT_MS);
     scrollToBottom();
   }
 
   function scheduleResend(delayMs) {
     clearTimeout(state.resendTimer);
+    state.resendAt = Date.now() + delayMs;
     state.resendTimer = setTimeout(resendPending, delayMs);
+  }
+
+  // A resend planned sooner stays: typing a new message must not push back the retry of a
+  // refused one (the round resends every unconfirmed message, the new one included).
+  function scheduleResendBy(delayMs) {
+    if (state.resendTimer !== null && state.resendAt <= Date.now() + delayMs) return;
+    scheduleResend(delayMs);
   }
 
   // Same client_id again: the server answers with the original seq and never delivers twice.

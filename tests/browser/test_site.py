@@ -466,6 +466,54 @@ def test_a_busy_room_keeps_only_the_newest_messages_in_the_page(
     tab.ok()
 
 
+def test_typing_does_not_push_back_the_retry_of_a_refused_message(
+        browser: Browser, contexts: list[BrowserContext],
+        site_pair: tuple[ChatInstance, ChatInstance]) -> None:
+    """The first send is answered `unavailable` (injected on the page's socket), the second
+    goes through. The retry of the first is due within 1 s (backoff after one refused
+    round) and must stay so: the second message's 10 s ack timeout does not replace it."""
+    blue, _ = site_pair
+    tab = open_tab(browser, contexts, blue.url + "/")
+    tab.page.clock.install()
+    refused: list[str] = []
+
+    def intercept(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        def from_page(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame.get("type") == "send" and not refused:
+                refused.append(frame["text"])
+                ws.send(json.dumps({"type": "error", "code": "unavailable",
+                                    "message": "refused by the test"}))
+                return
+            server.send(message)
+
+        ws.on_message(from_page)
+
+    tab.page.route_web_socket(re.compile(r".*/ws\?.*"), intercept)
+    join(tab, "typist", new_room())
+    tab.page.clock.pause_at(tab.page.evaluate("Date.now()") + 1000)
+    say(tab, "refused once")
+    mine = tab.page.get_by_test_id("message-list").get_by_test_id("message")
+    outbox = tab.page.get_by_test_id("outbox").get_by_test_id("message")
+    expect(outbox).to_have_count(1)
+    deadline = time.monotonic() + 10
+    while not refused and time.monotonic() < deadline:
+        tab.page.wait_for_timeout(50)   # lets Playwright dispatch the intercepted frame
+    assert refused == ["refused once"]
+    say(tab, "through at once")
+    expect(mine).to_have_count(1)
+    expect(mine.get_by_test_id("message-text")).to_have_text("through at once")
+    expect(outbox).to_have_count(1)            # the refused one still waits for its retry
+    tab.page.clock.fast_forward(1000)
+    expect(outbox).to_have_count(0)
+    expect(mine.get_by_test_id("message-text")).to_have_text(["through at once",
+                                                              "refused once"])
+    expect(mine.get_by_test_id("message-status")).to_have_text(["sent", "sent"])
+    tab.ok()
+
+
 def test_sends_refused_by_a_faulty_release_are_retried_until_sent(
         browser: Browser, contexts: list[BrowserContext], chat_stack: ChatStack,
         site_pair: tuple[ChatInstance, ChatInstance]) -> None:
