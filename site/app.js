@@ -69,6 +69,10 @@
   const BACKOFF_BASE_MS = 500;
   const BACKOFF_CAP_MS = 15000;
   const ACK_TIMEOUT_MS = 10000;
+  // The server takes 10 frames at once and 5 a second after (docs/protocol.md, Errors):
+  // a resend round sends at most 8 (room left to type) and the rest 2 s later.
+  const RESEND_BURST = 8;
+  const RESEND_PACE_MS = 2000;
   const GAP_WAIT_MS = 800;
   const HISTORY_TIMEOUT_MS = 30000; // a new connection with no history by then is retried
   const PAGE_SIZE = 1000;
@@ -476,9 +480,15 @@
     state.resendTimer = null;
     if (state.pending.size === 0) return;
     state.roundRefused = false;
+    let sent = 0;
     for (const [clientId, p] of state.pending) {
-      if (p.seq === null && !send({ type: 'send', text: p.text, client_id: clientId })) break;
+      if (sent === RESEND_BURST) {
+        scheduleResend(RESEND_PACE_MS);
+        return;
+      }
+      if (!send({ type: 'send', text: p.text, client_id: clientId })) break;
       p.sentAt = Date.now();
+      sent += 1;
     }
     scheduleResend(ACK_TIMEOUT_MS);
   }

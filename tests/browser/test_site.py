@@ -514,6 +514,71 @@ def test_typing_does_not_push_back_the_retry_of_a_refused_message(
     tab.ok()
 
 
+def test_a_long_outbox_is_resent_within_the_servers_rate_limit(
+        browser: Browser, contexts: list[BrowserContext],
+        site_pair: tuple[ChatInstance, ChatInstance]) -> None:
+    """Twenty messages whose sends were lost on the way (swallowed on the page's socket)
+    are resent after the ack timeout eight at a time, 2 s apart: the server (burst 10,
+    5 frames/s) answers none of them `rate_limited`, and all twenty end up sent once.
+    The page's clock stands; each step moves it as far as real time has gone, so the
+    server's real-time rate limit sees the pace the page would keep."""
+    blue, _ = site_pair
+    tab = open_tab(browser, contexts, blue.url + "/")
+    tab.page.clock.install()
+    swallowed: list[str] = []
+    forwarded: list[str] = []
+    answers: list[str] = []
+
+    def intercept(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        def from_page(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame.get("type") == "send":
+                if len(swallowed) < 20:
+                    swallowed.append(frame["text"])
+                    return
+                forwarded.append(frame["text"])
+            server.send(message)
+
+        def from_server(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame.get("type") in ("ack", "error"):
+                answers.append(frame.get("code", "ack"))
+            ws.send(message)
+
+        ws.on_message(from_page)
+        server.on_message(from_server)
+
+    def step(ms: int, forwarded_by_then: int) -> None:
+        tab.page.wait_for_timeout(ms)              # real time, as much as the page's
+        tab.page.clock.fast_forward(ms)
+        deadline = time.monotonic() + 10
+        while len(answers) < forwarded_by_then and time.monotonic() < deadline:
+            tab.page.wait_for_timeout(50)
+        assert len(forwarded) == len(answers) == forwarded_by_then, (forwarded, answers)
+
+    tab.page.route_web_socket(re.compile(r".*/ws\?.*"), intercept)
+    join(tab, "commuter", new_room())
+    tab.page.clock.pause_at(tab.page.evaluate("Date.now()") + 1000)
+    typed = [f"typed {i}" for i in range(20)]
+    for text in typed:
+        say(tab, text)
+    outbox = tab.page.get_by_test_id("outbox").get_by_test_id("message")
+    expect(outbox).to_have_count(20)
+    assert swallowed == typed
+    tab.page.clock.fast_forward(10_000)            # the ack timeout: the first round
+    step(0, 8)
+    step(2000, 16)
+    step(2000, 20)
+    assert answers == ["ack"] * 20, answers
+    assert forwarded == typed                      # oldest first, each once
+    expect(outbox).to_have_count(0)
+    mine = tab.page.get_by_test_id("message-list").get_by_test_id("message-text")
+    expect(mine).to_have_text(typed)
+    tab.ok()
+
+
 def test_sends_refused_by_a_faulty_release_are_retried_until_sent(
         browser: Browser, contexts: list[BrowserContext], chat_stack: ChatStack,
         site_pair: tuple[ChatInstance, ChatInstance]) -> None:
