@@ -9,6 +9,9 @@
   const STATS_URL = '/api/stats';
   const POLL_MS = 1500;
   const STALE_MS = 5000;
+  // A request nobody answers (an instance stopped mid-reply, a load balancer waiting out
+  // its idle timeout) is a miss like an error, not a board that still says "live".
+  const FETCH_TIMEOUT_MS = 4000;
   const MAX_EVENTS = 12;
   const ORDER = ['blue', 'green'];
 
@@ -23,6 +26,7 @@
       instances: 'Instances', ok: 'passed', failed: 'FAILED', draining: 'draining',
       live: (s) => `live · updated ${s}`, stale: (s) => `STALE · last update ${s}`,
       down: (why) => `no data: ${why}`, waiting: 'waiting for data…',
+      noAnswer: `no answer in ${FETCH_TIMEOUT_MS / 1000} s`,
       fromLb: (lb) => `read from ${lb}`, fromEvent: 'from the last canary step',
       lbStale: (lb, s) => `${lb} unreachable · value read ${s} s ago`,
     },
@@ -36,6 +40,7 @@
       instances: '인스턴스', ok: '통과', failed: '실패', draining: '드레인 중',
       live: (s) => `실시간 · ${s} 갱신`, stale: (s) => `오래됨 · 마지막 갱신 ${s}`,
       down: (why) => `데이터 없음: ${why}`, waiting: '데이터를 기다리는 중…',
+      noAnswer: `${FETCH_TIMEOUT_MS / 1000}초 동안 응답 없음`,
       fromLb: (lb) => `${lb}에서 읽음`, fromEvent: '마지막 카나리 단계 기준',
       lbStale: (lb, s) => `${lb} 연결 안 됨 · ${s}초 전에 읽은 값`,
     },
@@ -203,7 +208,11 @@
 
   async function poll() {
     try {
-      const res = await fetch(STATS_URL, { cache: 'no-store', headers: { Accept: 'application/json' } });
+      const res = await fetch(STATS_URL, {
+        cache: 'no-store',
+        headers: { Accept: 'application/json' },
+        signal: AbortSignal.timeout(FETCH_TIMEOUT_MS),
+      });
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
       const stats = await res.json();
       drawColors(stats);
@@ -212,7 +221,8 @@
       freshness('live', T.live(clock(stats.ts || lastOk)));
     } catch (err) {
       if (lastOk && Date.now() - lastOk < STALE_MS) return; // one miss is not news
-      freshness(lastOk ? 'stale' : 'down', lastOk ? T.stale(clock(lastOk)) : T.down(err.message));
+      const why = err.name === 'TimeoutError' ? T.noAnswer : err.message;
+      freshness(lastOk ? 'stale' : 'down', lastOk ? T.stale(clock(lastOk)) : T.down(why));
     } finally {
       setTimeout(poll, POLL_MS);
     }

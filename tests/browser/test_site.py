@@ -416,6 +416,31 @@ def test_board_says_so_when_it_has_no_data(
     expect(page.get_by_test_id("color-card")).not_to_have_count(0)
 
 
+def test_board_goes_stale_when_its_requests_hang(
+        browser: Browser, contexts: list[BrowserContext],
+        site_pair: tuple[ChatInstance, ChatInstance]) -> None:
+    """/api/stats stops answering at all (no error, no close): the board drops its "live"
+    within STALE_MS + FETCH_TIMEOUT_MS (9 s) and says since when its figures are old; a
+    board that never had data says nobody answered."""
+    _, green = site_pair
+    ctx = browser.new_context(locale="en-US")
+    contexts.append(ctx)
+    page = ctx.new_page()
+    page.goto(green.url + "/board")
+    fresh = page.get_by_test_id("freshness")
+    expect(fresh).to_have_attribute("data-state", "live")
+    page.route("**/api/stats", lambda route: None)     # held: never answered
+    expect(fresh).to_have_attribute("data-state", "stale", timeout=15_000)
+    expect(fresh).to_contain_text("STALE · last update")
+
+    cold = ctx.new_page()
+    cold.route("**/api/stats", lambda route: None)
+    cold.goto(green.url + "/board")
+    expect(cold.get_by_test_id("freshness")).to_have_attribute("data-state", "down",
+                                                               timeout=10_000)
+    expect(cold.get_by_test_id("freshness")).to_have_text("no data: no answer in 4 s")
+
+
 def test_a_busy_room_keeps_only_the_newest_messages_in_the_page(
         browser: Browser, contexts: list[BrowserContext],
         site_pair: tuple[ChatInstance, ChatInstance]) -> None:
