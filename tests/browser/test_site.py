@@ -7,7 +7,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +79,14 @@ def say(tab: Tab, text: str) -> None:
 def texts(tab: Tab) -> list[str]:
     items = tab.page.get_by_test_id("message-list").get_by_test_id("message-text")
     return items.all_text_contents()
+
+
+def wait_for_frames(page: Page, done: Callable[[], bool], seconds: float = 10) -> None:
+    """Wait in real time, letting Playwright dispatch WebSocket events, until `done()`
+    or `seconds` have passed (the caller asserts what it needed)."""
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
 
 
 def new_room() -> str:
@@ -385,10 +393,9 @@ def test_own_message_shows_sending_until_the_server_confirms_it(
     bubble = tab.page.get_by_test_id("outbox").get_by_test_id("message")
     expect(bubble.get_by_test_id("message-status")).to_have_text("sending…")
     expect(bubble).to_have_attribute("data-status", "sending")
-    deadline = time.monotonic() + 15   # the server does answer: ack and echo, held by us
-    while len(held) < 2:
-        assert time.monotonic() < deadline, held
-        tab.page.wait_for_timeout(50)  # lets Playwright dispatch the intercepted frames
+    # the server does answer: ack and echo, held by us
+    wait_for_frames(tab.page, lambda: len(held) >= 2, seconds=15)
+    assert len(held) >= 2, held
     expect(bubble.get_by_test_id("message-status")).to_have_text("sending…")
     for m in held:
         routes[0].send(m)
@@ -523,9 +530,7 @@ def test_typing_does_not_push_back_the_retry_of_a_refused_message(
     mine = tab.page.get_by_test_id("message-list").get_by_test_id("message")
     outbox = tab.page.get_by_test_id("outbox").get_by_test_id("message")
     expect(outbox).to_have_count(1)
-    deadline = time.monotonic() + 10
-    while not refused and time.monotonic() < deadline:
-        tab.page.wait_for_timeout(50)   # lets Playwright dispatch the intercepted frame
+    wait_for_frames(tab.page, lambda: bool(refused))
     assert refused == ["refused once"]
     say(tab, "through at once")
     expect(mine).to_have_count(1)
@@ -578,9 +583,7 @@ def test_a_long_outbox_is_resent_within_the_servers_rate_limit(
     def step(ms: int, forwarded_by_then: int) -> None:
         tab.page.wait_for_timeout(ms)              # real time, as much as the page's
         tab.page.clock.fast_forward(ms)
-        deadline = time.monotonic() + 10
-        while len(answers) < forwarded_by_then and time.monotonic() < deadline:
-            tab.page.wait_for_timeout(50)
+        wait_for_frames(tab.page, lambda: len(answers) >= forwarded_by_then)
         assert len(forwarded) == len(answers) == forwarded_by_then, (forwarded, answers)
 
     tab.page.route_web_socket(re.compile(r".*/ws\?.*"), intercept)
@@ -676,9 +679,7 @@ def test_a_refused_round_of_resends_counts_as_one_attempt(
 
         def until(what: str, frames: int) -> None:
             """Wait (real time, the page's clock standing) for `frames` sends and refusals."""
-            deadline = time.monotonic() + 10
-            while min(len(sends), len(refusals)) < frames and time.monotonic() < deadline:
-                tab.page.wait_for_timeout(50)
+            wait_for_frames(tab.page, lambda: min(len(sends), len(refusals)) >= frames)
             assert min(len(sends), len(refusals)) >= frames, \
                 f"{what}: {len(sends)} sends, {len(refusals)} refusals"
 
